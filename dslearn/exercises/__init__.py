@@ -1,0 +1,10 @@
+"""Exercises with checkers: ``check("rmsnorm", my_rms_norm)`` → a PASS / FAIL / TODO line with a hint.
+
+Chapters register their exercises in their own module here (``baseline`` for notebook 00, …);
+importing this package registers them all.
+"""
+
+from . import baseline  # noqa: F401  (registers notebook 00's exercises)
+from .core import Result, check, exercise, list_exercises
+
+__all__ = ["Result", "check", "exercise", "list_exercises"]

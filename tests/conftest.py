@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny configs, a small synthetic corpus, and byte streams."""
+
+import pytest
+import torch
+
+from dslearn.config import ModelConfig
+from dslearn.data import TokenStream
+
+
+@pytest.fixture
+def tiny_config() -> ModelConfig:
+    return ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=64)
+
+
+@pytest.fixture
+def gqa_config(tiny_config) -> ModelConfig:
+    return tiny_config.replace(num_key_value_heads=2)
+
+
+@pytest.fixture
+def corpus_dir(tmp_path):
+    """A directory of .py files laid out like a small standard library."""
+    root = tmp_path / "stdlib"
+    for i in range(40):
+        sub = root / ("pkg" if i % 3 else "") / ("test" if i % 7 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"mod_{i:02d}.py").write_text(f"def f{i}(x):\n    return x * {i} + {i % 5}\n" * (5 + i))
+    (root / "site-packages").mkdir()
+    (root / "site-packages" / "foreign.py").write_text("never = 'read'\n")
+    return root
+
+
+@pytest.fixture
+def text_streams():
+    """Highly regular text: a model learns it within a few dozen steps."""
+    text = ("def add(a, b):\n    return a + b\n\n" * 400).encode()
+    tokens = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+    cut = int(0.9 * len(tokens))
+    return TokenStream(tokens[:cut], "train"), TokenStream(tokens[cut:], "val")
