@@ -205,3 +205,10 @@ def test_trainer_checks_lengths_up_front(tiny_config, text_streams):
         make_trainer(tiny_config, text_streams, seq_len=65)
     with pytest.raises(CorpusError, match="need at least"):
         Trainer(CausalLM(tiny_config), TrainConfig(**FAST), TokenStream(b"x" * 20, "train"))
+
+
+def test_resuming_a_finished_run_reports_where_it_ended(tiny_config, text_streams, tmp_path):
+    first = make_trainer(tiny_config, text_streams, tmp_path / "r", steps=3).fit()
+    again = make_trainer(tiny_config, text_streams, tmp_path / "r", steps=3).fit()
+    assert again.losses == [] and again.steps_done == 3
+    assert again.val[-1]["val_loss"] == first.val[-1]["val_loss"]

@@ -25,7 +25,8 @@ class TokenStream:
     def __len__(self) -> int:
         return self.tokens.numel()
 
-    def _check(self, seq_len: int, windows: int = 1) -> None:
+    def check_fits(self, seq_len: int, windows: int = 1) -> None:
+        """Raise CorpusError unless ``windows`` windows of ``seq_len + 1`` tokens fit in this stream."""
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         need = seq_len + windows
@@ -42,14 +43,14 @@ class TokenStream:
 
     def batch(self, step: int, batch_size: int, seq_len: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """The training batch of ``step``: a pure function of (seed, step)."""
-        self._check(seq_len)
+        self.check_fits(seq_len)
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         starts = torch.randint(0, len(self) - seq_len, (batch_size,), generator=g)
         return self._windows(starts, seq_len)
 
     def eval_batches(self, n_windows: int, seq_len: int, batch_size: int):
         """Evenly spaced, non-random windows covering the stream; yields (inputs, targets)."""
-        self._check(seq_len, 1)
+        self.check_fits(seq_len, 1)
         last = len(self) - seq_len - 1
         n = min(n_windows, last + 1)
         starts = torch.linspace(0, last, n).long()

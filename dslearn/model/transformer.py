@@ -161,7 +161,7 @@ class CausalLM(nn.Module):
         if input_ids.dtype != torch.long:
             raise TypeError(f"input_ids must be int64 token ids, got {input_ids.dtype}")
         start = state.length if state is not None else 0
-        if start + T > self.config.max_position_embeddings and state is None:
+        if state is None and T > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence of {T} tokens exceeds max_position_embeddings={self.config.max_position_embeddings}"
             )

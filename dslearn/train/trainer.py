@@ -132,9 +132,9 @@ class Trainer:
         if self.seq_len > model.config.max_position_embeddings:
             raise ValueError(f"TrainConfig.seq_len={self.seq_len} exceeds the model's context "
                              f"max_position_embeddings={model.config.max_position_embeddings}")
-        train._check(self.seq_len)  # clear error now if the corpus is too small
+        train.check_fits(self.seq_len)  # a clear error now if the corpus is too small
         if val is not None:
-            val._check(self.seq_len)
+            val.check_fits(self.seq_len)
         self.bytes_per_token = bytes_per_token
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.optimizer = make_optimizer(self.model, cfg)
@@ -252,23 +252,22 @@ class Trainer:
         result = TrainResult()
         self.model.train()
         tokens_per_step = cfg.batch_size * self.seq_len
-        train_time, t_log, tokens_since = 0.0, time.perf_counter(), 0
+        train_time, time_since_log, steps_since_log = 0.0, 0.0, 0  # training steps only, no evaluation
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="train", unit="step")
         try:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
                 loss, grad_norm, extra = self._train_step()
-                train_time += time.perf_counter() - t0
-                tokens_since += tokens_per_step
+                dt = time.perf_counter() - t0
+                train_time, time_since_log, steps_since_log = train_time + dt, time_since_log + dt, steps_since_log + 1
                 self.step += 1
                 result.losses.append(loss)
                 bar.update(1)
                 if self.log and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                    now = time.perf_counter()
                     self.log.append({"kind": "train", "step": self.step, "tokens": self.step * tokens_per_step,
                                      "loss": loss, "grad_norm": grad_norm,
-                                     "tokens_per_s": tokens_since / max(now - t_log, 1e-9), **extra})
-                    t_log, tokens_since = now, 0
+                                     "tokens_per_s": steps_since_log * tokens_per_step / time_since_log, **extra})
+                    time_since_log, steps_since_log = 0.0, 0
                 last = self.step == cfg.steps
                 if self.val_data is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
                     rec = self.evaluate()
@@ -276,13 +275,14 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.3f}", val_bpb=f"{rec['val_bpb']:.3f}")
                     if self.log:
                         self.log.append({"kind": "val", **rec})
-                        t_log = time.perf_counter()  # keep evaluation out of the throughput
                 elif self.step % 10 == 0:
                     bar.set_postfix(loss=f"{loss:.3f}")
                 if self.run_dir and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last):
                     self.save()
         finally:
             bar.close()
+        if not result.val and self.val_data is not None:  # resumed a finished run: still report where it is
+            result.val.append(self.evaluate())
         result.steps_done = self.step
         if result.losses:
             result.tokens_per_s = len(result.losses) * tokens_per_step / train_time
