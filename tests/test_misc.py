@@ -73,3 +73,16 @@ def test_test_command_covers_every_notebook_and_ci_pins_torch():
 def test_code_style_is_clean():
     done = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_run_that_skips_a_notebook_fails():
+    """The repository's conftest refuses a run over notebooks/ in which a notebook yields no test."""
+    base = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+    nb = str(ROOT / "notebooks")
+    skipped = subprocess.run([*base, "-o", "addopts=", nb], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert skipped.returncode != 0
+    assert "00_welcome.ipynb" in skipped.stdout + skipped.stderr
+    assert "are in the run's paths but produced no tests" in skipped.stdout + skipped.stderr
+    covered = subprocess.run([*base, "-o", "addopts=--nbval-lax", nb], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert covered.returncode == 0, covered.stdout + covered.stderr
