@@ -52,3 +52,19 @@ def test_registry_rejects_duplicates_and_unknown_names():
     with pytest.raises(ValueError, match="twice"):
         exercise("rmsnorm", hint="")(lambda fn: "")
     assert "rmsnorm" in _REGISTRY
+
+
+def test_scaling_exercises():
+    import numpy as np
+
+    from dslearn.scaling import flops_per_token
+
+    assert check("flops_per_token", flops_per_token).passed
+    r = check("flops_per_token", lambda cfg, seq: 72 * cfg.num_hidden_layers * cfg.hidden_size**2)
+    assert r.status == "FAIL" and "expected" in r.message
+    def fit(x, y):
+        slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
+        return np.exp(intercept), slope
+
+    assert check("fit_power_law", fit).passed
+    assert check("fit_power_law", lambda x, y: (1.0, 0.5)).status == "FAIL"

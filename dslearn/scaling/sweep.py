@@ -18,7 +18,7 @@ import math
 import multiprocessing as mp
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -81,8 +81,6 @@ def with_law_hyperparameters(spec: RunSpec, lr_scale: float = 1.0, batch_scale: 
 
     The batch is capped so that the run still gets ``MIN_STEPS`` optimizer steps; below 4 sequences it
     is not lowered further (and the run reports its step count)."""
-    from dataclasses import replace
-
     from .laws import optimal_hyperparameters
 
     hp = optimal_hyperparameters(spec.budget, spec.seq_len)
@@ -92,22 +90,23 @@ def with_law_hyperparameters(spec: RunSpec, lr_scale: float = 1.0, batch_scale: 
 
 
 def isoflop_grid(budgets, M_center, n_sizes: int = 5, spread: float = 4.0, **spec_kwargs) -> list[RunSpec]:
-    """For each budget C, n_sizes widths symmetric in log M around M_center(C), spanning ×spread each way."""
+    """For each budget C, ``n_sizes`` distinct widths whose M sit as close as possible to targets spaced
+    evenly in log M from M_center(C)/spread to M_center(C)·spread (widths are multiples of head_dim)."""
     if n_sizes < 3:
         raise ValueError(f"an IsoFLOP profile needs at least 3 sizes, got {n_sizes}")
+    base = RunSpec(budget=1.0, hidden_size=8, **spec_kwargs)
+    step = base.head_dim
+    candidates = {d: replace(base, hidden_size=d).M for d in range(step, 64 * step + 1, step)}
     specs = []
     for C in budgets:
         if not C > 0:
             raise ValueError(f"budgets must be positive FLOP counts, got {C}")
-        center = M_center(C)
-        widths = []
-        for k in range(n_sizes):
-            frac = k / (n_sizes - 1) * 2 - 1  # −1 … +1
-            d = width_for(center * spread**frac, spec_kwargs.get("num_hidden_layers", 2),
-                          spec_kwargs.get("seq_len", 128), spec_kwargs.get("head_dim", 8))
-            if d not in widths:
-                widths.append(d)
-        specs += [RunSpec(budget=C, hidden_size=d, **spec_kwargs) for d in widths]
+        targets = [math.log(M_center(C) * spread ** (k / (n_sizes - 1) * 2 - 1)) for k in range(n_sizes)]
+        widths: list[int] = []
+        for t in targets:  # nearest unused width in log M
+            d = min((d for d in candidates if d not in widths), key=lambda d: abs(math.log(candidates[d]) - t))
+            widths.append(d)
+        specs += [replace(base, budget=C, hidden_size=d) for d in sorted(widths)]
     return specs
 
 
