@@ -86,11 +86,11 @@ def cmd_check(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import NonFiniteLossError
+    from .train import DivergenceError
 
     try:
         _, result, seconds = _run_training(args, Path(args.out), resume=not args.no_resume)
-    except NonFiniteLossError as e:
+    except DivergenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"done: step {result.steps_done}, validation {result.final_val_bpb:.3f} bits/byte, "

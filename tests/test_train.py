@@ -166,6 +166,20 @@ def test_divergence_is_caught_without_a_checkpoint(tiny_config, text_streams):
         trainer.fit()
 
 
+def test_a_loss_spike_above_max_loss_stops_the_run(tiny_config, text_streams, tmp_path):
+    from dslearn.train import DivergenceError
+
+    trainer = make_trainer(tiny_config, text_streams, tmp_path / "run", steps=30, lr=30.0, warmup_steps=0,
+                           schedule="constant", grad_clip=None, max_loss=8.0, checkpoint_every=1)
+    with pytest.raises(DivergenceError, match=r"exceeded max_loss=8 at step (\d+)") as e:
+        trainer.fit()
+    assert not isinstance(e.value, NonFiniteLossError)
+    step = int(e.value.args[0].split("at step ")[1].split()[0])
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text() == f"step_{step:06d}"
+    with pytest.raises(ValueError, match="max_loss"):
+        TrainConfig(max_loss=0.0)
+
+
 def test_gradient_accumulation_matches_one_big_batch(tiny_config, text_streams):
     a = make_trainer(tiny_config, text_streams, steps=3, batch_size=8).fit().losses
     b = make_trainer(tiny_config, text_streams, steps=3, batch_size=8, grad_accum_steps=4).fit().losses

@@ -114,7 +114,7 @@ def run_one(spec: RunSpec, threads: int = 1) -> dict:
     """Train one spec to its token budget; return its row for the results file."""
     from ..data import TokenStream, load_corpus
     from ..model import CausalLM
-    from ..train import NonFiniteLossError, TrainConfig, Trainer
+    from ..train import DivergenceError, TrainConfig, Trainer
     from .data_quality import degrade
 
     torch.set_num_threads(threads)
@@ -134,7 +134,7 @@ def run_one(spec: RunSpec, threads: int = 1) -> dict:
         result = Trainer(model, tcfg, TokenStream(train, "train"), TokenStream(corpus.val, "validation")).fit()
         row.update(val_loss=result.val[-1]["val_loss"], val_bpb=result.val[-1]["val_bpb"],
                    train_loss=sum(result.losses[-20:]) / len(result.losses[-20:]), diverged=False)
-    except NonFiniteLossError as e:
+    except DivergenceError as e:
         row.update(val_loss=float("nan"), val_bpb=float("nan"), train_loss=float("nan"), diverged=True, error=str(e))
     row["wall_s"] = time.perf_counter() - t0
     return row

@@ -9,8 +9,9 @@
         every eval_every steps: validation loss and bits per byte
         every checkpoint_every steps: an atomic checkpoint (train/checkpoint.py)
 
-A non-finite loss or gradient norm stops the run with ``NonFiniteLossError``; no checkpoint is
-written after it, so the last one on disk is the last good state. A run directory holding a
+A non-finite loss or gradient norm stops the run with ``NonFiniteLossError``, and a loss above
+``max_loss`` (a divergence guard) with ``DivergenceError``, the parent of both; no checkpoint is written
+after it, so the last one on disk is the last good state. A run directory holding a
 checkpoint resumes from it and continues exactly as if it had never stopped: the batches depend
 only on the step, and the weights, optimizer and RNG state are restored bit for bit.
 
@@ -38,7 +39,11 @@ from .metrics import MetricsLog
 from .schedule import SCHEDULES, lr_at
 
 
-class NonFiniteLossError(RuntimeError):
+class DivergenceError(RuntimeError):
+    """Training diverged (a non-finite loss or gradient, or a loss above ``max_loss``) and stopped."""
+
+
+class NonFiniteLossError(DivergenceError):
     """The loss or gradient became NaN/inf; training stopped."""
 
 
@@ -57,6 +62,7 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
+    max_loss: float | None = None  # stop (DivergenceError) if a training loss exceeds this; None = only NaN/inf
     bf16: bool = False  # bf16 autocast for forward/backward (fp32 master weights)
     seed: int = 0  # model init and batch order
     eval_every: int = 50  # steps between validation passes (0 = only at the end)
@@ -91,6 +97,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.max_loss is not None and not self.max_loss > 0:
+            raise ValueError(f"TrainConfig.max_loss must be > 0 or None, got {self.max_loss}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -210,7 +218,9 @@ class Trainer:
                 out = self.model(xm, ym)
             loss = out.loss.float()
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(self._nonfinite_message("loss", loss.item()))
+                raise NonFiniteLossError(self._stop_message(f"loss became {loss.item()}"))
+            if cfg.max_loss is not None and loss.item() > cfg.max_loss:
+                raise DivergenceError(self._stop_message(f"loss {loss.item():.4g} exceeded max_loss={cfg.max_loss:g}"))
             (loss / cfg.grad_accum_steps).backward()
             loss_sum += loss.item() / cfg.grad_accum_steps
             metrics.update({k: float(v) for k, v in out.metrics.items()})
@@ -220,22 +230,22 @@ class Trainer:
             grad_norm = torch.linalg.vector_norm(
                 torch.stack([p.grad.norm() for p in self.model.parameters() if p.grad is not None])).item()
         if not math.isfinite(grad_norm):
-            raise NonFiniteLossError(self._nonfinite_message("gradient norm", grad_norm))
+            raise NonFiniteLossError(self._stop_message(f"gradient norm became {grad_norm}"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         for m in self.hooks:
             m.after_optimizer_step()
         return loss_sum, grad_norm, {"lr": lr, **metrics}
 
-    def _nonfinite_message(self, what: str, value: float) -> str:
-        msg = f"{what} became {value} at step {self.step} (lr {self.optimizer.param_groups[0]['lr']:.3g}); stopped."
+    def _stop_message(self, what: str) -> str:
+        msg = f"{what} at step {self.step} (lr {self.optimizer.param_groups[0]['lr']:.3g}); stopped."
         if self.ckpt_dir is not None and (self.ckpt_dir / LATEST).is_file():
             last = (self.ckpt_dir / LATEST).read_text().strip()
             msg += f" The last good checkpoint, {self.ckpt_dir / last}, is kept."
         else:
             msg += " No checkpoint had been written yet."
         if self.log:
-            self.log.append({"kind": "event", "step": self.step, "event": f"non-finite {what}", "value": str(value)})
+            self.log.append({"kind": "event", "step": self.step, "event": what})
         return msg
 
     def fit(self, resume: bool = True) -> TrainResult:
