@@ -31,9 +31,14 @@ from .layers import RMSNorm, RotaryEmbedding, SwiGLU
 
 
 def make_linear(config: ModelConfig):
-    """The Linear class the model's projections use (``config.linear_impl``)."""
+    """The Linear class the model's projections use (``config.linear_impl``): ``nn.Linear``, or
+    ``FP8Linear`` (chapter 05: Fprop, Dgrad and Wgrad in FP8, DeepSeek-V3 §3.3). The output head
+    ``lm_head`` and the embedding stay in full precision either way, as in DeepSeek-V3."""
     if config.linear_impl == "torch":
         return nn.Linear
+    if config.linear_impl == "fp8":
+        from ..fp8.linear import FP8Linear
+        return FP8Linear
     raise ConfigError(f"linear_impl={config.linear_impl!r} has no implementation in this version of dslearn")
 
 

@@ -1,0 +1,82 @@
+"""The limited-precision accumulator emulation and the chapter's studies (small, fast versions)."""
+
+import pytest
+import torch
+
+from dslearn.fp8.accumulation import accumulation_sweep, limited_precision_matmul, random_fp8_operands, relative_errors
+from dslearn.fp8.studies import SCHEMES, relative_gap, scaling_error_study, train_compare
+
+
+@pytest.fixture(autouse=True)
+def one_thread_own_rng():
+    """One intra-op thread (small tensors; much faster on a busy 2-core machine), and torch's global RNG
+    restored afterwards, so these tests never change what later tests draw."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch.random.fork_rng():
+        yield
+    torch.set_num_threads(n)
+
+
+def test_wide_accumulator_is_exact():
+    a, b = random_fp8_operands(8, 8, 512, "normal", seed=1)
+    exact = a.double() @ b.double().T  # FP8 products and their sums are exact in float64 here
+    assert torch.equal(limited_precision_matmul(a, b, mantissa_bits=53, chunk=32), exact)
+
+
+def test_swamping_by_hand():
+    """8192 + 1 + 1 + 1, one product per step: a 14-bit window keeps the ones, a 12-bit one drops them."""
+    a = torch.tensor([[8192.0, 1.0, 1.0, 1.0]])
+    b = torch.ones(1, 4)
+    assert limited_precision_matmul(a, b, mantissa_bits=14, chunk=1).item() == 8195
+    assert limited_precision_matmul(a, b, mantissa_bits=12, chunk=1).item() == 8192
+    assert limited_precision_matmul(-a, b, mantissa_bits=12, chunk=1).item() == -8192  # toward zero
+    # with promotion every 2 elements the second pair starts from 0 and survives
+    assert limited_precision_matmul(a, b, mantissa_bits=12, chunk=1, promote_every=2).item() == 8194
+
+
+def test_error_grows_with_k_and_promotion_bounds_it():
+    rows = accumulation_sweep(Ks=(128, 4096), dists=("uniform", "normal"), M=16, N=16)
+    err = {(r["dist"], r["K"], r["accumulation"]): r["norm_rel"] for r in rows}
+    for dist in ("uniform", "normal"):
+        assert err[(dist, 4096, "limited")] > 5 * err[(dist, 128, "limited")]  # grows with K
+        assert err[(dist, 4096, "promote 128")] < 2 * err[(dist, 128, "limited")]  # stays at one block's error
+        assert err[(dist, 4096, "fp32")] < 1e-6 < err[(dist, 4096, "promote 128")]
+    assert err[("uniform", 4096, "limited")] > 0.01  # same-sign sums: percent-level error without promotion
+
+
+def test_emulation_rejects_bad_parameters():
+    a, b = torch.ones(2, 64), torch.ones(3, 64)
+    with pytest.raises(ValueError, match="multiple of chunk"):
+        limited_precision_matmul(a, b, promote_every=48)
+    with pytest.raises(ValueError, match="K must match"):
+        limited_precision_matmul(a, torch.ones(3, 32))
+    with pytest.raises(ValueError, match="mantissa_bits"):
+        limited_precision_matmul(a, b, mantissa_bits=1)
+    with pytest.raises(ValueError, match="dist must be"):
+        random_fp8_operands(2, 2, 2, "cauchy")
+    assert relative_errors(a @ b.T, a, b)["norm_rel"] == 0.0
+
+
+def test_fine_grained_scaling_wins_with_outliers():
+    rows = scaling_error_study(magnitudes=(1, 1e4), kinds=("sparse", "channel"), T=128, K=512)
+    get = {(r["kind"], r["magnitude"], r["scheme"]): r for r in rows}
+    tiles, tensor = "1×128 tiles (DeepSeek)", "per tensor"
+    assert set(SCHEMES) == {r["scheme"] for r in rows}
+    for kind in ("sparse", "channel"):
+        no_outliers = [get[(kind, 1.0, s)]["mean_elem_rel_error"] for s in SCHEMES]
+        assert max(no_outliers) < 1.1 * min(no_outliers)  # without outliers the schemes tie
+        assert get[(kind, 1e4, tiles)]["mean_elem_rel_error"] < 0.5 * get[(kind, 1e4, tensor)]["mean_elem_rel_error"]
+        assert get[(kind, 1e4, tiles)]["flushed_to_zero"] < 0.2 * get[(kind, 1e4, tensor)]["flushed_to_zero"]
+
+
+def test_train_compare_runs_and_reports_gaps():
+    res = train_compare(modes=("fp32", "fp8", "fp32@1"), steps=3, batch_size=2, seq_len=32, eval_windows=2,
+                        eval_every=0, warmup_steps=1, progress=False, model_overrides={"num_hidden_layers": 1})
+    assert set(res) == {"fp32", "fp8", "fp32@1"}
+    assert all(len(r["losses"]) == 3 and r["final_val_loss"] > 0 for r in res.values())
+    assert res["fp32"]["losses"][0] != res["fp32@1"]["losses"][0]  # another seed: another init and batches
+    gap = relative_gap(res, "fp8", "fp32")
+    assert gap == pytest.approx(100 * (res["fp8"]["final_val_loss"] / res["fp32"]["final_val_loss"] - 1))
+    with pytest.raises(ValueError, match="mode must be"):
+        train_compare(modes=("fp16",), steps=1)
