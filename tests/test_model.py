@@ -12,7 +12,7 @@ def test_shapes_and_initial_loss(tiny_config):
     out = model(x, x)
     assert out.logits.shape == (3, 20, 256)
     # freshly initialised logits are near zero: the loss is near a uniform guess over 256 bytes
-    assert abs(out.loss.item() - math.log(256)) < 0.05
+    assert abs(out.loss.item() - math.log(256)) < 0.1
     assert model(x, last_only=True).logits.shape == (3, 1, 256)
 
 
