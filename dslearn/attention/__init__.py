@@ -5,14 +5,19 @@ Every variant is an ``nn.Module`` with
     ``new_cache(batch, max_len, dtype, device)``                     its own KV-cache type
     ``rope_dim``                                                     how many dims RoPE rotates
 so the decoder layer, generation and the trainer never need to know which one they hold.
+
+    "mha"  MultiHeadAttention         MHA, GQA, MQA (num_key_value_heads)   cache: KVCache
+    "mla"  MultiHeadLatentAttention   MLA, naive or absorbed (chapter 02)  cache: LatentKVCache
 """
 
 from __future__ import annotations
 
 from ..config import ConfigError
 from .mha import KVCache, MultiHeadAttention
+from .mla import LatentKVCache, MultiHeadLatentAttention, set_mla_path
+from .yarn import build_rotary
 
-ATTENTION_CLASSES = {"mha": MultiHeadAttention}
+ATTENTION_CLASSES = {"mha": MultiHeadAttention, "mla": MultiHeadLatentAttention}
 
 
 def build_attention(config, layer_idx: int, linear):
@@ -26,4 +31,5 @@ def build_attention(config, layer_idx: int, linear):
     return cls(config, layer_idx, linear=linear)
 
 
-__all__ = ["ATTENTION_CLASSES", "KVCache", "MultiHeadAttention", "build_attention"]
+__all__ = ["ATTENTION_CLASSES", "KVCache", "LatentKVCache", "MultiHeadAttention", "MultiHeadLatentAttention",
+           "build_attention", "build_rotary", "set_mla_path"]

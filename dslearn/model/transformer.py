@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import build_attention
+from .. import attention  # a module reference: dslearn.attention imports model.layers, so no names at import time
 from ..config import ConfigError, ModelConfig
-from .layers import RMSNorm, RotaryEmbedding, SwiGLU
+from .layers import RMSNorm, SwiGLU
 
 
 def make_linear(config: ModelConfig):
@@ -85,7 +85,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         linear = make_linear(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = build_attention(config, layer_idx, linear)
+        self.self_attn = attention.build_attention(config, layer_idx, linear)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = build_ffn(config, layer_idx, linear)
 
@@ -118,7 +118,7 @@ class CausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         rope_dim = self.model.layers[0].self_attn.rope_dim
-        self.rotary = RotaryEmbedding(rope_dim, config.max_position_embeddings, config.rope_theta)
+        self.rotary = attention.build_rotary(config, rope_dim)  # plain RoPE, or YaRN when config.rope_scaling is set
         self.reset_parameters(torch.Generator().manual_seed(seed))
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
