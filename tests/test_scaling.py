@@ -45,6 +45,17 @@ def test_general_M_reduces_to_the_closed_form_for_standard_layers():
     assert flops_per_token(cfg, seq_len=128) == M_closed_form(3, 384, 128)
 
 
+def test_M_equals_the_flops_torch_counts(tiny_config, gqa_config):
+    """torch's FlopCounterMode on a real forward+backward step: everything but the output head is M."""
+    from dslearn.scaling import measured_flops_per_token
+
+    for cfg, seq in ((tiny_config, 64), (gqa_config, 32), (tiny_config.replace(intermediate_size=40), 16)):
+        measured = measured_flops_per_token(cfg, seq)
+        assert measured["non_embedding"] == flops_per_token(cfg, seq)
+    with pytest.raises(ValueError, match="more than"):
+        measured_flops_per_token(get_preset("deepseek-llm-7b"))
+
+
 @pytest.mark.parametrize("preset, lr, batch", [("deepseek-llm-7b", 4.2e-4, 2304), ("deepseek-llm-67b", 3.2e-4, 4608)])
 def test_laws_reproduce_the_released_hyperparameters(preset, lr, batch):
     cfg = get_preset(preset)

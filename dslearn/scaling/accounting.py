@@ -83,6 +83,29 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
     return 6 * matrices + attention
 
 
+def measured_flops_per_token(cfg: ModelConfig, seq_len: int | None = None, max_params: float = 5e7) -> dict:
+    """FLOPs of one real training step (forward + backward) per token, counted by torch's own
+    ``FlopCounterMode`` on a freshly built CausalLM, with attention on its plain-matmul path so the
+    score and weighted-sum products are counted too. Returns {"total", "head", "non_embedding"}:
+    the output head costs 6·n_vocab·d; what remains is what M predicts. Small configs only."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..model import CausalLM
+
+    if parameter_counts(cfg)["total"] > max_params:
+        raise ValueError(f"measuring FLOPs builds the model; this config has more than {max_params:.0e} parameters")
+    l_seq = seq_len or cfg.max_position_embeddings
+    model = CausalLM(cfg)
+    x = torch.zeros(1, l_seq, dtype=torch.long)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x, x).loss.backward()
+    total = counter.get_total_flops() / l_seq
+    head = 6 * cfg.vocab_size * cfg.hidden_size
+    return {"total": total, "head": head, "non_embedding": total - head}
+
+
 def M_closed_form(n_layer: int, d_model: int, l_seq: int) -> int:
     """DeepSeek-LLM's M = 72·n_layer·d² + 12·n_layer·d·l_seq (standard layer shapes)."""
     return 72 * n_layer * d_model**2 + 12 * n_layer * d_model * l_seq
