@@ -1,8 +1,9 @@
-"""RL from verifiable rewards (DeepSeek-R1, DeepSeekMath): tasks, checkers, and (to come) GRPO."""
+"""RL from verifiable rewards (DeepSeek-R1, DeepSeekMath): tasks, checkers, a sandbox for code, (to come) GRPO."""
 
 from .rewards import accuracy_reward, extract_answer, format_reward, parse_response, total_reward
 from .safe_eval import UnsafeExpression, safe_eval
+from .sandbox import Limits, SandboxResult, run_code, sandbox_mode
 from .tasks import Problem, arithmetic, countdown
 
-__all__ = ["Problem", "UnsafeExpression", "accuracy_reward", "arithmetic", "countdown", "extract_answer",
-           "format_reward", "parse_response", "safe_eval", "total_reward"]
+__all__ = ["Limits", "Problem", "SandboxResult", "UnsafeExpression", "accuracy_reward", "arithmetic", "countdown",
+           "extract_answer", "format_reward", "parse_response", "run_code", "safe_eval", "sandbox_mode", "total_reward"]
