@@ -138,3 +138,20 @@ def test_countdown_rules():
     assert accuracy_reward(p, respond("3 * 7 + 5.0")) == 0.0
     with pytest.raises(ValueError, match="no accuracy rule"):
         accuracy_reward(Problem("poetry", "q", "a"), respond("a"))
+
+
+def test_code_problems_are_checked_by_running_hidden_tests():
+    from dslearn.rl import code
+
+    problems = code(10, n_tests=4, seed=0)
+    assert len({p.question for p in problems}) == 10 and all(len(p.tests) == 4 for p in problems)
+    for p in problems[:4]:
+        assert accuracy_reward(p, respond(p.answer)) == 1.0, p.question
+        assert format_reward(respond(p.answer), "code") == 1.0
+    p = problems[0]
+    assert accuracy_reward(p, respond("def f(*args):\n    return 0")) == 0.0
+    assert accuracy_reward(p, respond("import os\nos.system('true')")) == 0.0
+    assert accuracy_reward(p, "<answer>" + p.answer + "</answer>") == 0.0  # no thinking block
+    assert format_reward(respond("x" * 1001), "code") == 0.0
+    held = {q.question for q in code(5, seed=0, split="held_out")}
+    assert not held & {q.question for q in code(40, seed=0, split="train")}

@@ -3,7 +3,8 @@
 from .rewards import accuracy_reward, extract_answer, format_reward, parse_response, total_reward
 from .safe_eval import UnsafeExpression, safe_eval
 from .sandbox import Limits, SandboxResult, run_code, sandbox_mode
-from .tasks import Problem, arithmetic, countdown
+from .tasks import Problem, arithmetic, code, countdown
 
-__all__ = ["Limits", "Problem", "SandboxResult", "UnsafeExpression", "accuracy_reward", "arithmetic", "countdown",
-           "extract_answer", "format_reward", "parse_response", "run_code", "safe_eval", "sandbox_mode", "total_reward"]
+__all__ = ["Limits", "Problem", "SandboxResult", "UnsafeExpression", "accuracy_reward", "arithmetic", "code",
+           "countdown", "extract_answer", "format_reward", "parse_response", "run_code", "safe_eval", "sandbox_mode",
+           "total_reward"]

@@ -8,6 +8,8 @@ the checker. Two families here are generated procedurally, with seeds and diffic
 - ``countdown``: reach a target from given numbers with + − × ÷, each number used at most once — the
   game the TinyZero-style R1-Zero reproductions use. Problems are built from a random expression over
   the numbers, so every one has a solution (the reference), though the model may find another.
+- ``code``: "Write a Python function f(...) that ..." from a few templates with random constants; the
+  answer is a function, checked by running hidden test cases in the sandbox (sandbox.py).
 
 Every problem carries its prompt, its reference answer and a ``split``: a problem is held out when
 the hash of its prompt falls in the first ``held_out_percent`` of 100 buckets, so the training and
@@ -28,11 +30,12 @@ PROMPT_SUFFIX = " Think inside <think></think>, then give only the answer inside
 
 @dataclass(frozen=True)
 class Problem:
-    family: str  # "arithmetic" or "countdown"
+    family: str  # "arithmetic", "countdown" or "code"
     question: str  # the task in words
     answer: str  # a reference answer (for countdown: one valid expression)
     numbers: tuple[int, ...] = ()  # countdown: the numbers available
     target: int | None = None  # countdown: the value to reach
+    tests: tuple = ()  # code: ((args, expected), ...) run against the answer in the sandbox
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -126,6 +129,49 @@ def countdown(n: int, n_numbers: int = 3, max_number: int = 20, ops: str = "+-*/
             continue
         seen.add(question)
         out.append(Problem("countdown", question, expr, tuple(shown), int(target)))
+        if len(out) == n:
+            return out
+    raise ValueError(f"could not draw {n} distinct {split or ''} problems with these knobs; ask for fewer")
+
+
+# --- code ---------------------------------------------------------------------------------
+def _code_templates(rng: random.Random):
+    k, c = rng.randint(2, 9), rng.randint(-9, 9)
+    m = rng.randint(2, 5)
+    return [
+        (f"Write a Python function f(x) that returns {k} * x + {c}.",
+         f"def f(x):\n    return {k} * x + {c}", lambda x: k * x + c, lambda r: (r.randint(-50, 50),)),
+        (f"Write a Python function f(xs) that returns the sum of the elements of the list xs divisible by {m}.",
+         f"def f(xs):\n    return sum(v for v in xs if v % {m} == 0)",
+         lambda xs: sum(v for v in xs if v % m == 0),
+         lambda r: ([r.randint(-20, 20) for _ in range(r.randint(0, 8))],)),
+        ("Write a Python function f(s) that returns the string s reversed.",
+         "def f(s):\n    return s[::-1]", lambda s: s[::-1],
+         lambda r: ("".join(r.choice("abcdef") for _ in range(r.randint(0, 8))),)),
+        (f"Write a Python function f(n) that returns the sum of the first n multiples of {k} ({k}, {2 * k}, ...).",
+         f"def f(n):\n    return {k} * n * (n + 1) // 2", lambda n: k * n * (n + 1) // 2,
+         lambda r: (r.randint(0, 30),)),
+        ("Write a Python function f(xs) that returns the largest element of the non-empty list xs minus the smallest.",
+         "def f(xs):\n    return max(xs) - min(xs)", lambda xs: max(xs) - min(xs),
+         lambda r: ([r.randint(-30, 30) for _ in range(r.randint(1, 8))],)),
+    ]
+
+
+def code(n: int, n_tests: int = 5, seed: int = 0, split: str | None = None) -> list[Problem]:
+    """n function-writing problems, each with ``n_tests`` hidden test cases and a reference solution."""
+    _check_knobs(n, n_tests=(n_tests, 1, 50))
+    rng = random.Random(f"code-{seed}-{n_tests}")
+    out, seen = [], set()
+    for _ in range(200 * n):
+        question, solution, fn, draw = rng.choice(_code_templates(rng))
+        if question in seen or (split is not None and ("held_out" if is_held_out(question) else "train") != split):
+            continue
+        seen.add(question)
+        cases = []
+        for _ in range(n_tests):
+            args = draw(rng)
+            cases.append((args, fn(*args)))
+        out.append(Problem("code", question, solution, tests=tuple(cases)))
         if len(out) == n:
             return out
     raise ValueError(f"could not draw {n} distinct {split or ''} problems with these knobs; ask for fewer")
