@@ -15,6 +15,8 @@ paper symbol it stands for:
     d_c, d_c', d_h^R                      kv_lora_rank, q_lora_rank, qk_rope_head_dim
     N_s, N_r, K_r                         n_shared_experts, n_routed_experts, num_experts_per_tok
     M (devices/nodes per token)           topk_group (out of n_group)
+    α1, α2, α3 (V2 balance losses)        aux_loss_alpha, device_aux_loss_alpha, comm_aux_loss_alpha
+    α (V3 sequence-wise loss), γ, b_i     seq_aux_loss_alpha, bias_update_speed, gate.e_score_correction_bias
     D (MTP depth)                         num_nextn_predict_layers
 
 The foundation builds the DeepSeek-LLM baseline (``attention_type="mha"``, dense SwiGLU).
@@ -36,6 +38,11 @@ from typing import Any
 
 ATTENTION_TYPES = ("mha", "mla")  # "mha" covers GQA and MQA through num_key_value_heads
 SCORING_FUNCS = ("softmax", "sigmoid")  # V2 softmax gate, V3 sigmoid gate
+# Expert selection (Hugging Face DeepseekV2Config.topk_method names): plain top-K_r; V2's
+# device-limited top-K_r (group score = best expert); V3's aux-loss-free node-limited top-K_r
+# (selection by s + b, group score = sum of the top-2 biased scores).
+TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
+MOE_IMPLS = ("grouped", "loop")  # fast sorted/grouped-matmul dispatch, or the per-expert reference loop
 LINEAR_IMPLS = ("torch", "fp8")
 
 
@@ -77,6 +84,16 @@ class ModelConfig:
     routed_scaling_factor: float = 1.0  # multiplies the routed experts' weights
     scoring_func: str = "softmax"  # gate affinity: "softmax" (V2) or "sigmoid" (V3)
     norm_topk_prob: bool = False  # normalise the selected gate weights to sum to 1 (V3)
+    topk_method: str = "greedy"  # selection: "greedy", "group_limited_greedy" (V2), "noaux_tc" (V3)
+    aux_loss_alpha: float = 0.0  # α1, expert-level balance loss L_ExpBal (V2: 0.003)
+    device_aux_loss_alpha: float = 0.0  # α2, device-level balance loss L_DevBal (V2: 0.05)
+    comm_aux_loss_alpha: float = 0.0  # α3, communication balance loss L_CommBal (V2: 0.02)
+    seq_aux_loss_alpha: float = 0.0  # α, V3's sequence-wise balance loss L_Bal (V3: 1e-4)
+    bias_update_speed: float = 0.0  # γ, V3's aux-loss-free bias step (V3: 0.001); needs noaux_tc
+    bias_update_until: int | None = None  # stop bias updates after this many optimizer steps (γ → 0)
+    capacity_factor: float | None = None  # V2 device-level capacity factor (V2: 1.0); None = never drop
+    drop_exempt_fraction: float = 0.0  # share of sequences whose tokens are never dropped (V2: ~0.1)
+    moe_impl: str = "grouped"  # routed-expert dispatch: "grouped" (fast) or "loop" (reference)
     # --- multi-token prediction --------------------------------------------------------
     num_nextn_predict_layers: int = 0  # D, MTP depth (V3 §2.2); 0 = none
     # --- numerics and init -------------------------------------------------------------
@@ -156,6 +173,25 @@ class ModelConfig:
                     f"first_k_dense_replace={self.first_k_dense_replace} exceeds "
                     f"num_hidden_layers={self.num_hidden_layers}"
                 )
+            if self.topk_method not in TOPK_METHODS:
+                raise ConfigError(f"topk_method must be one of {TOPK_METHODS}, got {self.topk_method!r}")
+            if self.moe_impl not in MOE_IMPLS:
+                raise ConfigError(f"moe_impl must be one of {MOE_IMPLS}, got {self.moe_impl!r}")
+            for name in ("aux_loss_alpha", "device_aux_loss_alpha", "comm_aux_loss_alpha",
+                         "seq_aux_loss_alpha", "bias_update_speed"):
+                v = getattr(self, name)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+                    raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+            if self.bias_update_speed > 0 and self.topk_method != "noaux_tc":
+                raise ConfigError(f"bias_update_speed={self.bias_update_speed} needs topk_method='noaux_tc' "
+                                  f"(only V3's selection uses the bias), got {self.topk_method!r}")
+            if self.bias_update_until is not None:
+                _check_int(self, "bias_update_until", 0)
+            if self.capacity_factor is not None and not (isinstance(self.capacity_factor, (int, float))
+                                                         and 0 < self.capacity_factor < float("inf")):
+                raise ConfigError(f"capacity_factor must be > 0 or None, got {self.capacity_factor!r}")
+            if not 0.0 <= self.drop_exempt_fraction <= 1.0:
+                raise ConfigError(f"drop_exempt_fraction must be in [0, 1], got {self.drop_exempt_fraction!r}")
         if self.scoring_func not in SCORING_FUNCS:
             raise ConfigError(f"scoring_func must be one of {SCORING_FUNCS}, got {self.scoring_func!r}")
         if self.routed_scaling_factor <= 0:
@@ -240,7 +276,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         v_head_dim=128, rope_interleave=True, n_routed_experts=160, n_shared_experts=2,
         num_experts_per_tok=6, moe_intermediate_size=1536, first_k_dense_replace=1,
         n_group=8, topk_group=3, routed_scaling_factor=16.0, scoring_func="softmax",
-        norm_topk_prob=False,
+        norm_topk_prob=False, topk_method="group_limited_greedy", aux_loss_alpha=0.003,
+        device_aux_loss_alpha=0.05, comm_aux_loss_alpha=0.02, capacity_factor=1.0, drop_exempt_fraction=0.1,
     ),
     "deepseek-v3": dict(  # DeepSeek-V3 §4.2 (671B total, 37B activated)
         vocab_size=129280, hidden_size=7168, intermediate_size=18432, num_hidden_layers=61,
@@ -249,7 +286,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         v_head_dim=128, rope_interleave=True, n_routed_experts=256, n_shared_experts=1,
         num_experts_per_tok=8, moe_intermediate_size=2048, first_k_dense_replace=3,
         n_group=8, topk_group=4, routed_scaling_factor=2.5, scoring_func="sigmoid",
-        norm_topk_prob=True, num_nextn_predict_layers=1,
+        norm_topk_prob=True, num_nextn_predict_layers=1, topk_method="noaux_tc", bias_update_speed=0.001,
+        seq_aux_loss_alpha=0.0001,
     ),
 }
 ACCOUNTING_ONLY = frozenset({"deepseek-llm-7b", "deepseek-llm-67b", "deepseek-v2", "deepseek-v3"})

@@ -45,7 +45,8 @@ def make_linear(config: ModelConfig):
 def build_ffn(config: ModelConfig, layer_idx: int, linear) -> nn.Module:
     """Dense SwiGLU, or DeepSeekMoE for layers past ``first_k_dense_replace`` in MoE configs."""
     if config.is_moe_layer(layer_idx):
-        raise ConfigError("n_routed_experts is set, but this version of dslearn has no MoE layer to build")
+        from ..moe import DeepSeekMoE  # chapters 03–04; imported here because dslearn.moe imports model.layers
+        return DeepSeekMoE(config, layer_idx, linear=linear)
     return SwiGLU(config.hidden_size, config.intermediate_size, linear=linear)
 
 
@@ -204,7 +205,15 @@ class CausalLM(nn.Module):
             if last_only:
                 raise ValueError("targets need logits at every position; do not pass last_only=True")
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        return ModelOutput(logits=logits, loss=loss)
+        metrics = {}
+        if self.config.is_moe:  # DeepSeekMoE: add the balance losses (training only) and log load metrics
+            from ..moe import collect_moe
+            aux, metrics = collect_moe(layer.mlp for layer in self.model.layers)
+            if loss is not None:
+                metrics["ce_loss"] = float(loss.detach())
+                if aux is not None:
+                    loss = loss + aux
+        return ModelOutput(logits=logits, loss=loss, metrics=metrics)
 
 
 def _padded_causal_mask(key_valid: torch.Tensor, start: int, T: int) -> torch.Tensor:

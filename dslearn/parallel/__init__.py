@@ -1,0 +1,32 @@
+"""Pipeline parallelism the DeepSeek-V3 way (§3.2): schedules, a simulator, and a real multi-process runtime.
+
+    schedules.py   1F1B, ZB1P, DualPipe, DualPipeV as plain data (each rank's ordered ops)
+    simulator.py   a discrete-event simulator: timelines, bubbles, peak activations
+    launcher.py    spawn N CPU processes in a gloo group, collect results, stop all on any failure
+    runtime.py     run a schedule on a dslearn CausalLM cut into stages: async p2p, B and W separated
+    oracle.py      the same stages under torch.distributed.pipelining.ScheduleDualPipeV (the outside check)
+    timeline.py    measured timelines: bubble, per-op costs, the schedule figure, the timing experiment
+
+The runtime, launcher, oracle and timeline modules import torch.distributed; import them by name.
+"""
+
+from .schedules import (
+    SCHEDULES,
+    Op,
+    Schedule,
+    ScheduleError,
+    build_schedule,
+    check_complete,
+    dualpipe,
+    dualpipev,
+    one_f_one_b,
+    with_communication,
+    zb1p,
+)
+from .simulator import Costs, Event, SimResult, format_timeline, simulate, table_bubble
+
+__all__ = [
+    "SCHEDULES", "Costs", "Event", "Op", "Schedule", "ScheduleError", "SimResult", "build_schedule",
+    "check_complete", "dualpipe", "dualpipev", "format_timeline", "one_f_one_b", "simulate", "table_bubble",
+    "with_communication", "zb1p",
+]

@@ -1,0 +1,153 @@
+"""Measured timelines: bubbles and per-op costs from a real run, and the schedule figure.
+
+A real run (``runtime.run_pipeline``) returns, for every rank, ``(kind, stage, mb, start, end, waited)``
+per op, in seconds from a common barrier. The op's compute time is ``end − start − waited``
+(``waited``: time blocked on a transfer inside the op). From that:
+
+    busy(r)          Σ compute times of rank r
+    makespan         the last end over all ranks
+    bubble fraction  Σ_r (makespan − busy(r)) / (ranks · makespan)      (as SimResult.bubble_fraction)
+
+``measured_costs`` averages the compute time of each op kind into a ``Costs`` so the simulator can
+predict the same schedule; ``plot_timeline`` draws simulated or measured events the way
+DeepSeek-V3's Figure 5 draws DualPipe: one row per rank, a cell per op, its micro-batch written in it,
+forward/backward/weight colours, and the second direction in a darker shade.
+"""
+
+from __future__ import annotations
+
+import platform
+from statistics import mean, median
+
+import torch
+
+from ..config import ModelConfig
+from .schedules import build_schedule
+from .simulator import Costs, SimResult, simulate
+
+COLORS = {"F": "#f5b971", "B": "#8fd18f", "W": "#9db8e8", "BW": "#59b359", "FB": "#e8a0c8"}
+
+
+def measured_events(timelines: list[list[tuple]]) -> list[tuple]:
+    """[(rank, kind, stage, mb, start, end)] with each op's compute part (its waiting cut off the front)."""
+    return [(r, k, s, m, start + waited, end) for r, tl in enumerate(timelines) for k, s, m, start, end, waited in tl]
+
+
+def simulated_events(result: SimResult) -> list[tuple]:
+    return [(e.rank, e.op.kind, e.op.parts()[0].stage, e.op.parts()[0].mb, e.start, e.end) for e in result.timeline]
+
+
+def measured_bubble(timelines: list[list[tuple]]) -> dict:
+    """Makespan, per-rank busy and idle time, and the bubble fraction of a real run."""
+    makespan = max(e[4] for tl in timelines for e in tl)
+    busy = [sum(end - start - waited for _, _, _, start, end, waited in tl) for tl in timelines]
+    idle = [makespan - b for b in busy]
+    return {"makespan": makespan, "busy": busy, "idle": idle,
+            "bubble_fraction": sum(idle) / (len(timelines) * makespan)}
+
+
+def measured_costs(timelines: list[list[tuple]], comm: float = 0.0) -> Costs:
+    """Mean compute time per op kind → Costs (B is the full backward: BW if measured, else B + W)."""
+    by: dict[str, list[float]] = {}
+    for tl in timelines:
+        for k, _, _, start, end, waited in tl:
+            by.setdefault(k, []).append(end - start - waited)
+    avg = {k: mean(v) for k, v in by.items()}
+    F = avg["F"] if "F" in avg else avg["FB"] / 3
+    if "B" in avg and "W" in avg:
+        B_in, W = avg["B"], avg["W"]
+        B = avg.get("BW", B_in + W)
+        W = min(W, B)
+    else:
+        B = avg["BW"]
+        W = B / 2  # unused by schedules without a split backward
+    return Costs(F=F, B=B, W=W, FB=avg.get("FB"), comm=comm)
+
+
+def plot_timeline(events: list[tuple], ax=None, title: str = "", num_ranks: int | None = None,
+                  second_direction=None, unit: str = "s"):
+    """Draw events [(rank, kind, stage, mb, start, end)] as a schedule chart; returns the axes.
+
+    ``second_direction(stage, mb) -> bool`` picks the darker shade (DualPipe's second stream)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+    from matplotlib.patches import Patch
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 0.5 + 0.45 * (num_ranks or 4)))
+    R = num_ranks or 1 + max(e[0] for e in events)
+    for r, k, s, m, start, end in events:
+        color = to_rgb(COLORS[k])
+        if second_direction is not None and second_direction(s, m):
+            color = tuple(0.7 * c for c in color)
+        ax.broken_barh([(start, end - start)], (R - 1 - r - 0.4, 0.8), facecolors=color, edgecolor="k", linewidth=0.3)
+        if end - start > 0:
+            ax.text((start + end) / 2, R - 1 - r, str(m), ha="center", va="center", fontsize=6, clip_on=True)
+    ax.set_yticks(range(R))
+    ax.set_yticklabels([f"rank {R - 1 - i}" for i in range(R)])
+    ax.set_xlabel(f"time ({unit})")
+    ax.set_title(title)
+    labels = {"F": "forward", "B": "backward for input", "W": "backward for weights", "BW": "full backward",
+              "FB": "overlapped F&B"}
+    kinds = sorted({e[1] for e in events}, key=list(COLORS).index)
+    ax.legend(handles=[Patch(facecolor=COLORS[k], edgecolor="k", label=labels[k]) for k in kinds],
+              loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=len(kinds), fontsize=7, frameon=False)
+    return ax
+
+
+# the timing model: big enough that an op outweighs Python's overhead per op
+CONFIG = ModelConfig(vocab_size=256, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+                     num_attention_heads=4, max_position_embeddings=128)
+
+
+def measure_schedules(microbatches: int = 8, mb_size: int = 4, seq: int = 64, latency: float = 0.05,
+                      repeats: int = 3, config: ModelConfig = CONFIG) -> dict:
+    """The chapter's timing experiment (``bench/parallel_timeline.py`` is its command line).
+
+    Runs every schedule, and 1F1B and DualPipe with an injected ``latency`` (seconds), ``repeats`` times
+    in one launch of 2 ranks after two warm-up steps; keeps the fastest repeat of each (the least
+    disturbed by other work on the machine). For each: measured makespan and bubble fraction, and the
+    simulator's prediction from that run's mean op costs. ``dualpipe_over_1f1b``: the makespan ratios
+    (measured: median over repeats of back-to-back pairs; simulated: both schedules from one set of costs)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (microbatches * mb_size, seq), generator=g)
+    tg = torch.randint(0, config.vocab_size, (microbatches * mb_size, seq), generator=g)
+    plan = [("1f1b", 0.0), ("dualpipe", 0.0), ("1f1b", latency), ("dualpipe", latency), ("zb1p", 0.0),
+            ("dualpipev", 0.0)]
+    jobs = [dict(schedule_name=n, config=config.to_dict(), seed=0, input_ids=ids, targets=tg,
+                 num_microbatches=microbatches, latency=lat) for _ in range(repeats) for n, lat in plan]
+    warm = [dict(jobs[0], schedule_name=n, latency=0.0) for n in ("1f1b", "dualpipe")]  # first-touch costs
+    from .runtime import run_pipelines
+
+    outs = run_pipelines(warm + jobs, 2, timeout=300)[len(warm):]
+    rows: dict[str, dict] = {}
+    per_repeat: dict[str, list[float]] = {}
+    for job, out in zip(jobs, outs):
+        key = f"{job['schedule_name']}@{job['latency']:g}"
+        meas = measured_bubble(out["timelines"])
+        costs = measured_costs(out["timelines"], comm=job["latency"])
+        per_repeat.setdefault(key, []).append(meas["makespan"])
+        per_repeat.setdefault(key + ":costs", []).append(costs)
+        if key in rows and rows[key]["measured_makespan"] <= meas["makespan"]:
+            continue
+        sim = simulate(build_schedule(job["schedule_name"], 2, microbatches), costs)
+        rows[key] = {"schedule": job["schedule_name"], "latency": job["latency"],
+                     "measured_makespan": meas["makespan"], "measured_bubble_fraction": meas["bubble_fraction"],
+                     "simulated_makespan": sim.makespan, "simulated_bubble_fraction": sim.bubble_fraction,
+                     "costs": {k: getattr(costs, k) for k in ("F", "B", "W", "FB")},
+                     "timelines": out["timelines"], "loss": out["loss"]}
+    # DualPipe/1F1B: measured from runs that ran back to back (similar machine load), the median over
+    # repeats; simulated from one set of costs (the DualPipe run's, which has F, B, W and F&B) for both
+    ratio = {}
+    for suffix, lat in (("", latency), ("_no_latency", 0.0)):
+        d, o = per_repeat[f"dualpipe@{lat:g}"], per_repeat[f"1f1b@{lat:g}"]
+        ratio["measured" + suffix] = median(a / b for a, b in zip(d, o))
+        sims = []
+        for c in per_repeat[f"dualpipe@{lat:g}:costs"]:
+            sims.append(simulate(build_schedule("dualpipe", 2, microbatches), c).makespan
+                        / simulate(build_schedule("1f1b", 2, microbatches), c).makespan)
+        ratio["simulated" + suffix] = median(sims)
+    return {"settings": {"ranks": 2, "microbatches": microbatches, "mb_size": mb_size, "seq": seq,
+                         "latency_s": latency, "repeats": repeats, "config": config.to_dict(),
+                         "torch": torch.__version__, "python": platform.python_version()},
+            "runs": rows, "dualpipe_over_1f1b": ratio}

@@ -1,0 +1,39 @@
+"""Chapter 06's exercise checkers: reference solutions pass, typical mistakes fail with a useful message."""
+
+import dslearn.exercises.parallel  # noqa: F401  (registers the chapter's exercises)
+from dslearn.exercises import check
+
+
+def order(rank, p, m):
+    w = min(p - 1 - rank, m)
+    out = [("F", j) for j in range(w)]
+    for j in range(m - w):
+        out += [("F", w + j), ("B", j)]
+    return out + [("B", j) for j in range(m - w, m)]
+
+
+def split(x, w, gy):
+    return gy @ w, gy.flatten(0, -2).T @ x.flatten(0, -2)
+
+
+def test_reference_solutions_pass():
+    assert check("one_f_one_b_order", order).passed
+    assert check("linear_backward_split", split).passed
+    assert check("makespan_1f1b", lambda p, m, F, B: (m + p - 1) * (F + B)).passed
+
+
+def test_typical_mistakes_fail_with_a_hint():
+    r = check("one_f_one_b_order", lambda rank, p, m: [("F", j) for j in range(m)] + [("B", j) for j in range(m)])
+    assert r.status == "FAIL" and "rank 0" in r.message and "warm-up" in str(r)
+    r = check("linear_backward_split", lambda x, w, gy: (gy @ w, gy[..., :, None].mul(x[..., None, :]).mean(0)))
+    assert r.status == "FAIL"
+    r = check("makespan_1f1b", lambda p, m, F, B: m * (F + B))
+    assert r.status == "FAIL" and "expected" in r.message
+
+
+def test_untouched_exercises_are_todo():
+    def todo(*args):
+        raise NotImplementedError
+
+    for name in ("one_f_one_b_order", "linear_backward_split", "makespan_1f1b"):
+        assert check(name, todo).status == "TODO"
