@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -91,3 +93,29 @@ def test_grpo_run_checkpoints_and_resumes_exactly(tmp_path):
     assert [r["loss"] for r in rest] == [r["loss"] for r in full_rec[2:]]
     for p, q in zip(full.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_rl_exercises():
+    from dslearn.exercises import check
+    from dslearn.rl import group_advantages, per_token_kl
+
+    assert check("group_advantages", lambda r, g: group_advantages(r, g).advantages).passed
+    assert check("group_advantages", lambda r, g: r - r.mean()).status == "FAIL"
+    assert check("k3_kl", per_token_kl).passed
+    assert check("k3_kl", lambda lp, ref: torch.exp(lp - ref) - (lp - ref) - 1).status == "FAIL"
+
+
+def test_grpo_from_the_shipped_base_model_raises_held_out_accuracy():
+    """A tiny real run: six GRPO steps from experiments/rl/base lift greedy accuracy on held-out problems."""
+    from pathlib import Path
+
+    from safetensors.torch import load_model
+
+    base = Path(__file__).resolve().parents[1] / "experiments" / "rl" / "base"
+    model = CausalLM(ModelConfig.from_dict(json.loads((base / "config.json").read_text())))
+    load_model(model, str(base / "model.safetensors"))
+    cfg = GRPOConfig(steps=6, prompts_per_step=12, group_size=8, lr=1.5e-4, eval_every=6, eval_samples=1,
+                     progress=False)
+    records = GRPOTrainer(model, cfg, carry_problems("train"), carry_problems("held_out")[:40]).fit()
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert evals[-1]["heldout_greedy"] >= evals[0]["heldout_greedy"] + 0.2, evals
