@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from dslearn.model import CausalLM
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast as two, and immune to OpenMP spin-waits on busy shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def perturbed_model(cfg, seed: int = 0) -> CausalLM:

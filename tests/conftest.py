@@ -8,6 +8,18 @@ from dslearn.data import TokenStream
 
 
 @pytest.fixture
+def one_thread_own_rng():
+    """One intra-op thread (tiny tensors: as fast as two, and immune to spin-waits on busy shared cores),
+    with torch's thread count and global RNG restored afterwards, so a test never changes what later tests
+    see. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread_own_rng")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch.random.fork_rng():
+        yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def tiny_config() -> ModelConfig:
     return ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                        num_attention_heads=4, max_position_embeddings=64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_helpers import one_thread, perturbed_model  # noqa: F401  (autouse fixture)
+from attention_helpers import perturbed_model
 
 from dslearn.attention import set_mla_path
 from dslearn.attention.adaptive_cache import AdaptiveLatentCache, apply_adaptive_cache
@@ -21,6 +21,8 @@ from dslearn.attention.cache_accounting import (
 )
 from dslearn.config import ModelConfig, get_preset
 from dslearn.model import CausalLM
+
+pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
 TOL = dict(atol=2e-5, rtol=1e-4)
 

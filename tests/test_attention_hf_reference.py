@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_helpers import one_thread, perturbed_model  # noqa: F401  (autouse fixture)
+from attention_helpers import perturbed_model
 
 from dslearn.attention import set_mla_path
 from dslearn.attention.yarn import parse_rope_scaling, yarn_get_mscale, yarn_inv_freq
@@ -21,6 +21,8 @@ transformers = pytest.importorskip(
                            "(pip install 'dslearn[dev]')")
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM  # noqa: E402
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
 TOL = dict(atol=1e-5, rtol=1e-4)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_helpers import one_thread, perturbed_model  # noqa: F401  (autouse fixture)
+from attention_helpers import perturbed_model
 
 from dslearn.attention import LatentKVCache, MultiHeadLatentAttention, build_attention, set_mla_path
 from dslearn.attention.cache_accounting import (
@@ -21,6 +21,8 @@ from dslearn.config import ConfigError, ModelConfig
 from dslearn.generate import generate
 from dslearn.model import CausalLM
 from dslearn.model.layers import apply_rotary
+
+pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
 TOL = dict(atol=2e-5, rtol=1e-4)
 

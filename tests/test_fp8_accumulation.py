@@ -6,16 +6,7 @@ import torch
 from dslearn.fp8.accumulation import accumulation_sweep, limited_precision_matmul, random_fp8_operands, relative_errors
 from dslearn.fp8.studies import SCHEMES, relative_gap, scaling_error_study, train_compare
 
-
-@pytest.fixture(autouse=True)
-def one_thread_own_rng():
-    """One intra-op thread (small tensors; much faster on a busy 2-core machine), and torch's global RNG
-    restored afterwards, so these tests never change what later tests draw."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch.random.fork_rng():
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
 
 def test_wide_accumulator_is_exact():

@@ -8,16 +8,7 @@ from dslearn.exercises import check
 from dslearn.fp8 import backend as be
 from dslearn.fp8 import reference as ref
 
-
-@pytest.fixture(autouse=True)
-def one_thread_own_rng():
-    """One intra-op thread (small tensors; much faster on a busy 2-core machine), and torch's global RNG
-    restored afterwards, so these tests never change what later tests draw."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch.random.fork_rng():
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
 
 def e5m2_round(x):

@@ -21,16 +21,7 @@ from dslearn.fp8.formats import (
     to_fp8,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread_own_rng():
-    """One intra-op thread (small tensors; much faster on a busy 2-core machine), and torch's global RNG
-    restored afterwards, so these tests never change what later tests draw."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch.random.fork_rng():
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
 
 def torch_bits(x, fmt):

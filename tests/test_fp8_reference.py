@@ -12,16 +12,7 @@ import torch
 from dslearn.fp8 import reference as ref
 from dslearn.fp8.formats import get_format
 
-
-@pytest.fixture(autouse=True)
-def one_thread_own_rng():
-    """One intra-op thread (small tensors; much faster on a busy 2-core machine), and torch's global RNG
-    restored afterwards, so these tests never change what later tests draw."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch.random.fork_rng():
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
 
 def rand(*shape, seed=0, scale=1.0):

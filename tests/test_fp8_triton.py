@@ -30,18 +30,9 @@ from dslearn.fp8 import reference as ref  # noqa: E402
 from dslearn.fp8.formats import edge_case_inputs, to_fp8  # noqa: E402
 from dslearn.fp8.linear import FP8Linear  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
+
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy warns on NaN/inf inside the interpreter
-
-
-@pytest.fixture(autouse=True)
-def one_thread_own_rng():
-    """One intra-op thread (small tensors; much faster on a busy 2-core machine), and torch's global RNG
-    restored afterwards, so these tests never change what later tests draw."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch.random.fork_rng():
-        yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])

@@ -22,13 +22,7 @@ from dslearn.moe import (
     set_bias_update_speed,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
 
 def case(T=24, E=8, K=2, seed=0, scoring="softmax"):

@@ -20,15 +20,9 @@ from dslearn.moe import (
     split_expert_weights,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
+
 TOL = dict(atol=1e-5, rtol=1e-5)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _grads(fn, x, idx, w, gu, dn, keep, g_out):

@@ -11,15 +11,9 @@ from dslearn.config import ModelConfig
 from dslearn.model import CausalLM
 from dslearn.train import TrainConfig, Trainer, load_model_from_checkpoint, read_metrics
 
+pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
+
 FAST = dict(batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_windows=8, progress=False, log_every=1)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def moe_cfg(**kw) -> ModelConfig:

@@ -16,15 +16,9 @@ from dslearn.config import ConfigError, ModelConfig
 from dslearn.model import CausalLM
 from dslearn.moe import DeepSeekMoE, route
 
+pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
+
 sig = lambda v: 1 / (1 + math.exp(-v))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def moe_config(**kw) -> ModelConfig:
