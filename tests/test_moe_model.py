@@ -42,6 +42,9 @@ def test_tiny_moe_trains_and_logs_balance(gating, text_streams, tmp_path):
                 "moe/l1/expert7", "moe/dropped_frac"):
         assert key in last, key
     assert sum(last[f"moe/l1/expert{j}"] for j in range(8)) == pytest.approx(1.0)
+    groups = [last[f"moe/l1/group{g}"] for g in range(4)]  # 8 experts in 4 device/node groups of 2
+    pairs = [last[f"moe/l1/expert{2 * g}"] + last[f"moe/l1/expert{2 * g + 1}"] for g in range(4)]
+    assert groups == pytest.approx(pairs)
     assert last["loss"] == pytest.approx(last["ce_loss"] + last["moe/aux_loss"], rel=1e-5)
     bias = model.model.layers[1].mlp.gate.e_score_correction_bias
     if gating is V3:

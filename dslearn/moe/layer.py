@@ -108,8 +108,9 @@ class DeepSeekMoE(nn.Module):
 
 def collect_moe(layers) -> tuple[torch.Tensor | None, dict]:
     """Sum the aux losses of every MoE layer in ``layers`` and flatten their stats into scalars for the
-    trainer's log: ``moe/maxvio`` (mean over layers), ``moe/l{i}/maxvio``, ``moe/l{i}/expert{j}``
-    (share of assignments), ``moe/dropped_frac``, ``moe/entropy``, ``moe/aux_loss``, …"""
+    trainer's log: ``moe/maxvio`` (mean over layers), ``moe/l{i}/maxvio``, ``moe/l{i}/expert{j}`` and
+    ``moe/l{i}/group{g}`` (shares of assignments per expert and per device/node group), ``moe/dropped_frac``,
+    ``moe/entropy``, ``moe/aux_loss``, …"""
     aux, metrics, per_layer = None, {}, []
     for m in layers:
         if not isinstance(m, DeepSeekMoE) or not m.stats:
@@ -123,6 +124,8 @@ def collect_moe(layers) -> tuple[torch.Tensor | None, dict]:
         total = float(s["load"].sum()) or 1.0
         for j, n in enumerate(s["load"].tolist()):
             metrics[f"moe/l{i}/expert{j}"] = n / total
+        for g, n in enumerate(s["load"].view(m.config.n_group, -1).sum(1).tolist()):  # per device (V2) / node (V3)
+            metrics[f"moe/l{i}/group{g}"] = n / total
     if per_layer:
         n = len(per_layer)
         for key in ("maxvio", "group_maxvio", "dropped_frac", "entropy", "load_entropy"):
