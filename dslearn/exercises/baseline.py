@@ -8,14 +8,7 @@ import torch
 
 from ..data.tokenizer import bits_per_byte
 from ..model.layers import RMSNorm, apply_rotary
-from .core import exercise
-
-
-def _close(got, want, what: str, atol: float = 1e-5) -> None:
-    assert isinstance(got, torch.Tensor), f"{what}: expected a tensor, got {type(got).__name__}"
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}"
-    err = (got.float() - want.float()).abs().max().item()
-    assert err <= atol, f"{what}: max abs difference {err:.3g} > {atol:g}"
+from .core import assert_tensor_close, exercise
 
 
 @exercise("rmsnorm", hint="y = x / sqrt(mean(x**2 over the last dim) + eps) * weight — eps inside the sqrt, "
@@ -31,7 +24,7 @@ def _rmsnorm(fn) -> str:
         with torch.no_grad():
             ref.weight.copy_(w)
             want = ref(x)
-        _close(fn(x.clone(), w.clone(), eps), want, f"case {i} (shape {shape}, eps={eps:g})")
+        assert_tensor_close(fn(x.clone(), w.clone(), eps), want, f"case {i} (shape {shape}, eps={eps:g})")
     return f"matches dslearn's RMSNorm on {len(cases)} cases"
 
 
@@ -58,7 +51,7 @@ def _rope(fn) -> str:
     ang = pos.double()[..., None] * inv
     want = apply_rotary(x, ang.cos().float(), ang.sin().float())
     got = fn(x.clone(), pos.clone(), theta)
-    _close(got, want, "rotated tensor", atol=1e-4)
+    assert_tensor_close(got, want, "rotated tensor", atol=1e-4)
     q, k = fn(x, pos, theta), fn(x.flip(2), pos, theta)  # relative position: scores depend on i − j only
     s1 = q[0, 0, 1] @ k[0, 0, 0]
     shifted = fn(x, pos + 5, theta)[0, 0, 1] @ fn(x.flip(2), pos + 5, theta)[0, 0, 0]

@@ -51,6 +51,16 @@ class Result:
 _REGISTRY: dict[str, Exercise] = {}
 
 
+def assert_tensor_close(got, want, what: str, atol: float = 1e-5) -> None:
+    """For checkers: a learner's tensor must have ``want``'s shape and be within ``atol`` of it everywhere."""
+    import torch
+
+    assert isinstance(got, torch.Tensor), f"{what}: expected a tensor, got {type(got).__name__}"
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+    err = (got.float() - want.float()).abs().max().item()
+    assert err <= atol, f"{what}: max abs difference {err:.3g} > {atol:g}"
+
+
 def exercise(name: str, hint: str):
     """Register ``checker(learner_fn) -> str`` (a success summary) as exercise ``name``."""
 

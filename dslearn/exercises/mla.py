@@ -9,14 +9,7 @@ import torch
 
 from ..attention.cache_accounting import attention_variants, cache_elements, elements_per_token_per_layer
 from ..config import ModelConfig, get_preset
-from .core import exercise
-
-
-def _close(got, want, what: str, atol: float = 1e-4) -> None:
-    assert isinstance(got, torch.Tensor), f"{what}: expected a tensor, got {type(got).__name__}"
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}"
-    err = (got.float() - want.float()).abs().max().item()
-    assert err <= atol, f"{what}: max abs difference {err:.3g} > {atol:g}"
+from .core import assert_tensor_close, exercise
 
 
 @exercise("kv_cache_per_token", hint="MHA/GQA/MQA: 2 · num_key_value_heads · head_dim (a key AND a value per KV "
@@ -44,8 +37,8 @@ def _absorb_query(fn) -> str:
     k = torch.einsum("hnc,bsc->bhsn", w_uk, c)  # the per-head keys naive MLA would build
     want_scores = q @ k.transpose(-1, -2)  # (B, H, T, S)
     got = fn(q.clone(), w_uk.clone())
-    _close(got, torch.einsum("bhtn,hnc->bhtc", q, w_uk), "q_lat")
-    _close(got @ c[:, None].transpose(-1, -2), want_scores, "scores q_lat·c vs q^C·k^C")
+    assert_tensor_close(got, torch.einsum("bhtn,hnc->bhtc", q, w_uk), "q_lat", atol=1e-4)
+    assert_tensor_close(got @ c[:, None].transpose(-1, -2), want_scores, "scores q_lat·c vs q^C·k^C", atol=1e-4)
     return "q_lat · c^KV gives exactly the scores q^C · k^C, without building a single key"
 
 
@@ -61,7 +54,7 @@ def _absorb_output(fn) -> str:
     v = torch.einsum("hvc,bsc->bhsv", w_uv, c)  # per-head values, naive MLA
     want = (p @ v).transpose(1, 2).reshape(B, T, H * d_v)
     o_lat = p @ c[:, None]  # (B, H, T, d_c): attention over the latents themselves
-    _close(fn(o_lat.clone(), w_uv.clone()), want, "head outputs")
+    assert_tensor_close(fn(o_lat.clone(), w_uv.clone()), want, "head outputs", atol=1e-4)
     return "W^UV applied after attention gives what attending over per-head values gives"
 
 
