@@ -161,3 +161,14 @@ def test_isolation_can_be_required(monkeypatch):
     monkeypatch.setattr(sb, "sandbox_mode", lambda: "basic")
     with pytest.raises(RuntimeError, match="isolated sandbox mode is not available"):
         sb.run_code("def f(x):\n    return x\n", "f", [((1,), 1)], require_isolation=True)
+
+
+def test_mode_falls_back_to_basic_without_namespaces(monkeypatch):
+    import dslearn.rl.sandbox as sb
+
+    sb.sandbox_mode.cache_clear()
+    monkeypatch.setattr(sb.shutil, "which", lambda name: None)  # no unshare on this machine
+    try:
+        assert sb.sandbox_mode() == "basic"
+    finally:
+        sb.sandbox_mode.cache_clear()
