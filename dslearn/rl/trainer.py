@@ -69,9 +69,11 @@ class GRPOConfig:
             raise ValueError("group_size must be >= 2: a group of one has no baseline")
 
 
-def completion_logps(model, problems: list[Problem], responses: list[list[int]], group_size: int):
-    """Per-token log-probs (B, L−1) of each response under ``model``, the mask of response tokens, and the
-    policy's entropy at those positions. Sequences are prompt + response, right-padded."""
+def completion_logps(model, problems: list[Problem], responses: list[list[int]], group_size: int,
+                     with_entropy: bool = False):
+    """Per-token log-probs (B, L−1) of each response under ``model``, the mask of response tokens, and (when
+    asked: it costs a pass over the vocabulary) the policy's entropy at those positions, else None.
+    Sequences are prompt + response, right-padded."""
     seqs = [prompt_ids(problems[i // group_size]) + r for i, r in enumerate(responses)]
     B, L = len(seqs), max(len(s) for s in seqs)
     ids = torch.zeros(B, L, dtype=torch.long)
@@ -85,7 +87,7 @@ def completion_logps(model, problems: list[Problem], responses: list[list[int]],
     logits = model(ids, attention_mask=valid).logits[:, :-1].float()  # (B, L−1, V)
     logprobs = F.log_softmax(logits, -1)
     logp = logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, L−1)
-    entropy = -(logprobs.exp() * logprobs).sum(-1).detach()
+    entropy = -(logprobs.exp() * logprobs).sum(-1).detach() if with_entropy else None
     return logp, mask, entropy
 
 
@@ -131,7 +133,7 @@ class GRPOTrainer:
         stats = group_advantages(rewards, G, scale_std=cfg.scale_std)
         # 4. old and reference log-probs, fixed for the inner steps
         with torch.no_grad():
-            old_logp, mask, entropy = completion_logps(self.model, problems, responses, G)
+            old_logp, mask, entropy = completion_logps(self.model, problems, responses, G, with_entropy=True)
             ref_logp = completion_logps(self.ref, problems, responses, G)[0] if self.ref is not None else None
         # 5. μ optimiser steps
         self.model.train()
