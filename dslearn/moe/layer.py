@@ -30,6 +30,23 @@ from .experts import RoutedExperts
 from .router import Gate
 
 
+def balance_loss(c: ModelConfig, r, B: int, T: int) -> torch.Tensor | None:
+    """The weighted sum of the balance losses the config enables, for routing ``r`` of B·T tokens (or None)."""
+    terms = []
+    if c.aux_loss_alpha:
+        terms.append(c.aux_loss_alpha * losses.expert_balance_loss(r.scores, r.topk_idx))
+    if c.device_aux_loss_alpha:
+        terms.append(c.device_aux_loss_alpha * losses.device_balance_loss(r.scores, r.topk_idx, c.n_group))
+    if c.comm_aux_loss_alpha:
+        terms.append(c.comm_aux_loss_alpha * losses.comm_balance_loss(r.scores, r.topk_idx, c.n_group,
+                                                                      c.topk_group))
+    if c.seq_aux_loss_alpha:
+        E, K = r.scores.shape[1], r.topk_idx.shape[1]
+        terms.append(c.seq_aux_loss_alpha * losses.sequence_balance_loss(
+            r.scores.view(B, T, E), r.topk_idx.view(B, T, K)))
+    return sum(terms) if terms else None
+
+
 class DeepSeekMoE(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int = 0, linear=nn.Linear):
         super().__init__()
@@ -70,27 +87,11 @@ class DeepSeekMoE(nn.Module):
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)  # (B, T, d)
         # 4. balance: auxiliary losses (training only), load for the bias update, metrics
-        self.aux_loss = self._aux_loss(r, B, T) if self.training else None
+        self.aux_loss = balance_loss(c, r, B, T) if self.training else None
         if self.training:
             self.step_load += torch.bincount(r.topk_idx.flatten(), minlength=c.n_routed_experts).float()
         self.stats = load_metrics(r.topk_idx, r.scores, c.n_routed_experts, c.n_group, keep)
         return out
-
-    def _aux_loss(self, r, B: int, T: int) -> torch.Tensor | None:
-        c = self.config
-        terms = []
-        if c.aux_loss_alpha:
-            terms.append(c.aux_loss_alpha * losses.expert_balance_loss(r.scores, r.topk_idx))
-        if c.device_aux_loss_alpha:
-            terms.append(c.device_aux_loss_alpha * losses.device_balance_loss(r.scores, r.topk_idx, c.n_group))
-        if c.comm_aux_loss_alpha:
-            terms.append(c.comm_aux_loss_alpha * losses.comm_balance_loss(r.scores, r.topk_idx, c.n_group,
-                                                                          c.topk_group))
-        if c.seq_aux_loss_alpha:
-            E, K = r.scores.shape[1], r.topk_idx.shape[1]
-            terms.append(c.seq_aux_loss_alpha * losses.sequence_balance_loss(
-                r.scores.view(B, T, E), r.topk_idx.view(B, T, K)))
-        return sum(terms) if terms else None
 
     # ------------------------------------------------------------------------------------
     @torch.no_grad()
