@@ -4,42 +4,53 @@ Every rank builds the same model (same config and seed), keeps only the stages i
 (``split_model``) and walks its op list from ``schedules.py``:
 
     F(s, m)    x = recv activation (or the token ids at stage 0); y = stage(x); isend y to the next rank
-               (the last stage computes the loss of micro-batch m instead, scaled by 1/M)
+               (the last stage computes the loss of micro-batch m instead, scaled by 1/(M·EP))
     B(s, m)    autograd from y (or the loss) back to x only: dL/dx goes to the previous rank at once;
-               every Linear's weight gradient is *deferred* into a queue (``WeightGradStore``)
-    W(s, m)    run that queue: dL/dW = gyᵀ·x for each Linear, added to .grad
+               every Linear's and routed expert's weight gradient is *deferred* into a queue
+               (``WeightGradStore``)
+    W(s, m)    run that queue: dL/dW = gyᵀ·x for each of them, added to .grad
     BW(s, m)   B and W together (1F1B, and the backward half of DualPipe's F&B pairs)
 
-The split is the one DeepSeek's DualPipe uses: a Linear layer's backward computes the input
-gradient (gy·W) immediately and pushes the weight-gradient closure (gyᵀ·x) into a store that W
-drains later. Norm gains and the embedding are cheap and keep their gradients in B.
+The split is the one DeepSeek's DualPipe uses (weightgrad.py): a Linear layer's or a routed
+expert's backward computes the input gradient (gy·W) immediately and pushes the weight-gradient
+closure (gyᵀ·x) into a store that W drains later. Norm gains, the gate and the embedding are cheap
+and keep their gradients in B.
 
 Communication is point to point with ``isend``/``irecv``. Every message has its own tag
 (kind, stage, micro-batch), so all receives are posted before the first op and complete in the
 background (gloo's threads, or NCCL streams on GPUs); an op waits only for the one it needs, and
-sends never block. While a rank computes one half of an F&B pair, the other half's transfers are
-in flight: the overlap DualPipe is built for. ``latency`` injects a link delay: a message is not
-usable until ``latency`` seconds after it was sent (the sender stamps the time).
+sends never block. ``latency`` injects a link delay: a message is not usable until ``latency``
+seconds after it was sent (the sender stamps the time).
+
+MoE layers. In V3 each chunk is attention → all-to-all dispatch → experts → all-to-all combine.
+With ``expert_parallel`` = EP the world is PP × EP processes (rank = p·EP + e): the EP ranks of a
+pipeline rank hold the same stages, each feeds its own slice of the batch, and every MoE layer
+dispatches its tokens to the EP ranks holding their experts and combines the results
+(``dist.all_to_all_single``, expert_parallel.py). Afterwards the replicated parameters' gradients
+are summed over the EP group; each routed expert's gradient is already complete where it lives.
+An MoE layer's balance loss joins the gradient where it arises (``AddAuxLoss``), scaled like the loss.
+
+Overlap. ``overlap=True`` runs the two halves of every F&B pair at once, the backward half in a
+second thread. Their all-to-alls go to two different process groups (forward, backward), so each
+group still sees the same order of collectives on every EP rank, and while one half waits for its
+all-to-all the other computes — the overlap DualPipe's pairs exist for (V3 §3.2.1, where it is SMs
+and CUDA streams). Two CPU-side details decide whether it works: the new thread must be limited to
+one OpenMP thread too (``torch.set_num_threads`` is per thread), and Python's GIL switch interval is
+lowered from 5 ms to 0.1 ms during the schedule, because the backward half re-enters Python at
+every custom autograd function and would otherwise wait up to 5 ms each time.
 
 DualPipe holds every stage on two ranks (i and PP−1−i, one per direction); after the schedule the
 two copies' gradients are summed (a point-to-point exchange between the pair), as the optimizer
 step would need.
 
-Extension point for MoE (not built yet: dslearn's MoE layers arrive with chapters 03–04). In V3 each
-chunk is attention → all-to-all dispatch → MLP (experts) → all-to-all combine. An MoE layer inside a
-stage would take a process group of its expert-parallel ranks and call ``dist.all_to_all_single``
-in its forward (dispatch, combine) and the mirrored pair in its backward. In V3 the expert-parallel
-ranks are those holding the *same* pipeline stage in different data-parallel replicas: they run
-identical op lists, so their collectives line up. Nothing in this runtime needs to change for that
-except passing the group to ``split_model``'s stages; the F&B pairs are where those all-to-alls
-would be overlapped with the other micro-batch's computation.
-
     paper / DualPipe code            code
     ---------------------            ----
     chunk (stage of a rank)          PipelineStage (split_model)
-    WeightGradStore                  WeightGradStore, defer_weight_grads
+    WeightGradStore                  WeightGradStore, defer_weight_grads, expert_matmul (weightgrad.py)
+    AddAuxiliaryLoss                 AddAuxLoss
+    EP group, dispatch / combine     expert_parallel.py
     F, B, W, F&B                     the op kinds of schedules.py, executed in pipeline_worker
-    PP ranks                         world_size (launcher.launch)
+    PP × EP ranks                    world_size (launcher.launch), expert_parallel
 
 The result of ``pipeline_worker`` (one per rank) carries the micro-batch losses, the gradients of
 the parameters the rank holds (full-model names) and the measured timeline of its ops.
@@ -47,7 +58,8 @@ the parameters the rank holds (full-model names) and the measured timeline of it
 
 from __future__ import annotations
 
-import functools
+import sys
+import threading
 import time
 
 import torch
@@ -57,67 +69,22 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..model.transformer import CausalLM
+from .expert_parallel import ExpertParallelMoE, ep_groups, shard_experts
 from .schedules import build_schedule
+from .weightgrad import WeightGradStore, defer_weight_grads  # noqa: F401  (re-exported)
 
 
-class WeightGradStore:
-    """The queue of deferred weight-gradient closures. While ``deferring`` is set, Linear layers
-    patched by ``defer_weight_grads`` return only the input gradient and queue gyᵀ·x here."""
+class AddAuxLoss(torch.autograd.Function):
+    """y = x, but the backward also gives ``aux`` the gradient 1: an MoE layer's balance loss joins the
+    training loss without being passed down the pipeline (the device DeepSeek's modeling code uses)."""
 
-    def __init__(self):
-        self.deferring = False
-        self.queue: list = []
-
-    def take(self) -> list:
-        q, self.queue = self.queue, []
-        return q
-
-
-def _accumulate(p: nn.Parameter, g: torch.Tensor) -> None:
-    if p.grad is None:
-        p.grad = g.clone()
-    else:
-        p.grad += g
-
-
-class _DeferredLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, store):
-        ctx.save_for_backward(x, weight)
-        ctx.store, ctx.bias = store, bias
-        return F.linear(x, weight, bias)
+    def forward(ctx, x, aux):
+        return x.view_as(x)
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight = ctx.saved_tensors
-        gx = gy @ weight  # (..., d_in): B, needed now by the previous stage
-        bias = ctx.bias
-
-        def wgrad():  # W: gyᵀ·x over all tokens
-            _accumulate(weight, gy.flatten(0, -2).T @ x.flatten(0, -2))  # (d_out, d_in)
-            if bias is not None:
-                _accumulate(bias, gy.flatten(0, -2).sum(0))
-
-        if ctx.store.deferring:
-            ctx.store.queue.append(wgrad)
-            return gx, None, None, None
-        gw = gy.flatten(0, -2).T @ x.flatten(0, -2)
-        gb = gy.flatten(0, -2).sum(0) if bias is not None else None
-        return gx, gw, gb, None
-
-
-def _deferred_forward(module: nn.Linear, store: WeightGradStore, x):
-    return _DeferredLinear.apply(x, module.weight, module.bias, store)
-
-
-def defer_weight_grads(module: nn.Module, store: WeightGradStore) -> int:
-    """Patch every plain nn.Linear inside ``module`` so its weight gradient can be deferred; returns how many."""
-    n = 0
-    for m in module.modules():
-        if type(m) is nn.Linear:
-            m.forward = functools.partial(_deferred_forward, m, store)
-            n += 1
-    return n
+        return gy, torch.ones((), dtype=gy.dtype)
 
 
 class PipelineStage(nn.Module):
@@ -132,6 +99,8 @@ class PipelineStage(nn.Module):
         self.norm = model.model.norm if self.is_last else None
         self.lm_head = model.lm_head if self.is_last else None
         self.rotary = model.rotary  # no parameters: RoPE tables
+        self.aux_scale = 1.0  # the runtime sets 1/(micro-batches · replicas), the loss's own scale
+        self.aux_added = 0.0  # the scaled balance losses the last forward attached
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """x: token ids (B, T) at the first stage, else hidden states (B, T, d). The last stage returns
@@ -140,8 +109,13 @@ class PipelineStage(nn.Module):
             x = self.embed_tokens(x)  # (B, T, d)
         B, T = x.shape[:2]
         rope = self.rotary(torch.arange(T).expand(B, T))
+        self.aux_added = 0.0
         for layer in self.layers:
             x = layer(x, rope)  # (B, T, d)
+            aux = getattr(layer.mlp, "aux_loss", None)  # an MoE layer's balance loss (training only)
+            if aux is not None:
+                x = AddAuxLoss.apply(x, aux * self.aux_scale)
+                self.aux_added += aux.item() * self.aux_scale
         if not self.is_last:
             return x
         logits = self.lm_head(self.norm(x))  # (B, T, V)
@@ -174,51 +148,68 @@ def _tag(kind: str, stage: int, mb: int, S: int, M: int) -> int:
 
 def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict, seed: int,
                     input_ids: torch.Tensor, targets: torch.Tensor, num_microbatches: int,
-                    latency: float = 0.0, fail: dict | None = None) -> dict:
+                    latency: float = 0.0, fail: dict | None = None, expert_parallel: int = 1,
+                    a2a_latency: float = 0.0, overlap: bool = False) -> dict:
     """One rank of a pipeline step (run it with ``launch``). ``fail`` = {"rank": r, "how": "raise"|"exit"|"hang"}
-    makes rank r fail halfway through its ops (for the failure-handling tests and demos)."""
+    makes rank r fail halfway through its ops (for the failure-handling tests and demos).
+
+    ``expert_parallel`` = EP: the world is PP × EP ranks (rank = p·EP + e, expert_parallel.py); the batch is
+    split into EP equal slices, slice e feeding the pipeline of EP rank e, and MoE layers dispatch to and
+    combine from the EP group with ``a2a_latency`` injected per all-to-all. ``overlap``: run the two halves
+    of each F&B pair in two threads, so that one's communication waits while the other computes."""
     torch.manual_seed(seed)
-    sched = build_schedule(schedule_name, world_size, num_microbatches)
-    if sched.num_ranks != world_size:
-        raise ValueError(f"{schedule_name} needs {sched.num_ranks} ranks, the group has {world_size}")
-    model = CausalLM(ModelConfig.from_dict(config), seed=seed)
-    stages = split_model(model, sched.num_stages)
+    EP = expert_parallel
+    if not isinstance(EP, int) or EP < 1 or world_size % EP:
+        raise ValueError(f"expert_parallel={EP!r} must be a positive divisor of the {world_size} ranks "
+                         "(pipeline ranks × expert-parallel ranks)")
+    sched = build_schedule(schedule_name, world_size // EP, num_microbatches)
     S, M = sched.num_stages, num_microbatches
-    mine = sched.stages_on(rank)
+    if input_ids.shape[0] % (EP * M) or input_ids.shape != targets.shape:
+        raise ValueError(f"a batch of {tuple(input_ids.shape)} ids and {tuple(targets.shape)} targets cannot be cut "
+                         f"into {EP} expert-parallel slices of {M} equal micro-batches")
+    p, e = divmod(rank, EP)  # pipeline rank, expert-parallel rank
+
+    def peer(q: int) -> int:  # global rank of pipeline rank q in this rank's replica
+        return q * EP + e
+
+    comm = ep_groups(sched.num_ranks, EP, rank, a2a_latency)
+    model = CausalLM(ModelConfig.from_dict(config), seed=seed)
+    stages = split_model(model, S)
+    mine = sched.stages_on(p)
     store = WeightGradStore()
     for s in mine:
+        shard_experts(stages[s], comm, store)
         defer_weight_grads(stages[s], store)
-    ids_mb, tgt_mb = input_ids.chunk(M), targets.chunk(M)
+        stages[s].aux_scale = 1.0 / (M * EP)
+    ids_mb, tgt_mb = input_ids.chunk(EP)[e].chunk(M), targets.chunk(EP)[e].chunk(M)
     b, T = ids_mb[0].shape
     d = model.config.hidden_size
 
     # 1. post every receive this rank will need, up front (each has its own tag)
     recvs: dict[tuple[str, int, int], tuple] = {}
-    for op in sched.ops[rank]:
+    for op in sched.ops[p]:
         for c in op.parts():
-            if c.kind == "F" and c.stage > 0 and (src := sched.rank_of(c.stage - 1, c.mb)) != rank:
+            if c.kind == "F" and c.stage > 0 and (src := sched.rank_of(c.stage - 1, c.mb)) != p:
                 key = ("act", c.stage - 1, c.mb)
-            elif c.kind in ("B", "BW") and c.stage < S - 1 and (src := sched.rank_of(c.stage + 1, c.mb)) != rank:
+            elif c.kind in ("B", "BW") and c.stage < S - 1 and (src := sched.rank_of(c.stage + 1, c.mb)) != p:
                 key = ("grad", c.stage + 1, c.mb)
             else:
                 continue
             buf, stamp = torch.empty(b, T, d), torch.zeros(1, dtype=torch.float64)
-            work = dist.irecv(buf, src, tag=_tag(key[0], key[1], key[2], S, M))
-            work_t = dist.irecv(stamp, src, tag=_tag(key[0] + "_t", key[1], key[2], S, M))
+            work = dist.irecv(buf, peer(src), tag=_tag(key[0], key[1], key[2], S, M))
+            work_t = dist.irecv(stamp, peer(src), tag=_tag(key[0] + "_t", key[1], key[2], S, M))
             recvs[key] = (buf, work, stamp, work_t)
     sends = []
 
     def send(kind, stage, mb, tensor, dst):
         t = tensor.detach().contiguous()
         stamp = torch.tensor([time.time()], dtype=torch.float64)
-        sends.append((t, stamp, dist.isend(t, dst, tag=_tag(kind, stage, mb, S, M)),
-                      dist.isend(stamp, dst, tag=_tag(kind + "_t", stage, mb, S, M))))
+        sends.append((t, stamp, dist.isend(t, peer(dst), tag=_tag(kind, stage, mb, S, M)),
+                      dist.isend(stamp, peer(dst), tag=_tag(kind + "_t", stage, mb, S, M))))
 
     local: dict[tuple[str, int, int], torch.Tensor] = {}  # transfers between two stages of this rank
 
-    waited = [0.0]  # seconds the current op spent waiting for data
-
-    def fetch(kind, stage, mb):
+    def fetch(kind, stage, mb, waited):
         if (kind, stage, mb) in local:
             return local.pop((kind, stage, mb))
         t = time.time()
@@ -230,15 +221,77 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
         waited[0] += time.time() - t
         return buf
 
-    # 2. walk the schedule
     saved: dict[tuple[int, int], tuple] = {}  # (stage, mb) → (input, output) for the backward
     wqueue: dict[tuple[int, int], list] = {}
-    losses: dict[int, float] = {}
+    losses: dict[int, float] = {}  # global micro-batch e·M + m → its cross-entropy
+    aux = [0.0]  # the balance losses this rank's forwards added, scaled as the loss is
+
+    def run(c, waited):
+        s, m = c.stage, c.mb
+        if c.kind == "F":
+            x = ids_mb[m] if s == 0 else fetch("act", s - 1, m, waited).detach().requires_grad_(True)
+            if stages[s].is_last:
+                y = stages[s](x, tgt_mb[m])
+                losses[e * M + m] = y.item()
+                y = y / (M * EP)  # the batch loss is the mean over all micro-batches of all replicas
+            else:
+                y = stages[s](x)
+                nxt = sched.rank_of(s + 1, m)
+                if nxt == p:
+                    local[("act", s, m)] = y.detach()
+                else:
+                    send("act", s, m, y, nxt)
+            aux[0] += stages[s].aux_added
+            saved[(s, m)] = (x, y)
+        elif c.kind in ("B", "BW"):
+            x, y = saved.pop((s, m))
+            gy = None if stages[s].is_last else fetch("grad", s + 1, m, waited)
+            store.deferring = c.kind == "B"
+            torch.autograd.backward(y, gy)
+            store.deferring = False
+            if c.kind == "B":
+                wqueue[(s, m)] = store.take()
+            if s > 0:
+                prev = sched.rank_of(s - 1, m)
+                if prev == p:
+                    local[("grad", s, m)] = x.grad
+                else:
+                    send("grad", s, m, x.grad, prev)
+        elif c.kind == "W":
+            for fn in wqueue.pop((s, m)):
+                fn()
+
+    def run_pair(op, waited):
+        """F&B with overlap: the backward half in a second thread. Its all-to-alls use the backward process
+        group, the forward half's the forward group, so each group still sees one fixed order of collectives."""
+        errors, w2 = [], [0.0]
+
+        def backward_half():
+            torch.set_num_threads(1)  # per thread (OpenMP): a new thread would otherwise use every core
+            try:
+                run(op.pair[1], w2)
+            except BaseException as exc:  # re-raised in the main thread, which names the rank
+                errors.append(exc)
+
+        th = threading.Thread(target=backward_half, name=f"rank{rank}-backward")
+        th.start()
+        try:
+            run(op.pair[0], waited)
+        finally:
+            th.join()
+        if errors:
+            raise errors[0]
+        waited[0] = max(waited[0], w2[0])
+
+    # 2. walk the schedule
     timeline = []
     dist.barrier()
     t0 = time.time()
-    n_ops = len(sched.ops[rank])
-    for i, op in enumerate(sched.ops[rank]):
+    n_ops = len(sched.ops[p])
+    switch = sys.getswitchinterval()
+    if overlap:  # a thread waiting for the GIL gets it after this long (default 5 ms); the backward half
+        sys.setswitchinterval(1e-4)  # re-enters Python at every custom autograd op, so 5 ms would add up
+    for i, op in enumerate(sched.ops[p]):
         if fail and fail.get("rank") == rank and i == n_ops // 2:
             if fail.get("how") == "exit":
                 import os
@@ -247,79 +300,70 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
                 time.sleep(3600)
             raise RuntimeError(f"injected failure on rank {rank} at op {i} ({op})")
         start = time.time() - t0
-        waited[0] = 0.0
-        for c in op.parts():
-            s, m = c.stage, c.mb
-            if c.kind == "F":
-                if s == 0:
-                    x = ids_mb[m]
-                else:
-                    x = fetch("act", s - 1, m).detach().requires_grad_(True)
-                if stages[s].is_last:
-                    y = stages[s](x, tgt_mb[m])
-                    losses[m] = y.item()
-                    y = y / M  # the batch loss is the mean over micro-batches
-                else:
-                    y = stages[s](x)
-                    nxt = sched.rank_of(s + 1, m)
-                    if nxt == rank:
-                        local[("act", s, m)] = y.detach()
-                    else:
-                        send("act", s, m, y, nxt)
-                saved[(s, m)] = (x, y)
-            elif c.kind in ("B", "BW"):
-                x, y = saved.pop((s, m))
-                gy = None if stages[s].is_last else fetch("grad", s + 1, m)
-                store.deferring = c.kind == "B"
-                torch.autograd.backward(y, gy)
-                store.deferring = False
-                if c.kind == "B":
-                    wqueue[(s, m)] = store.take()
-                if s > 0:
-                    prev = sched.rank_of(s - 1, m)
-                    if prev == rank:
-                        local[("grad", s, m)] = x.grad
-                    else:
-                        send("grad", s, m, x.grad, prev)
-            elif c.kind == "W":
-                for fn in wqueue.pop((s, m)):
-                    fn()
+        waited = [0.0]  # seconds the op spent waiting for data
+        if op.kind == "FB" and overlap:
+            run_pair(op, waited)
+        else:
+            for c in op.parts():
+                run(c, waited)
         timeline.append((op.kind, op.parts()[0].stage, op.parts()[0].mb, start, time.time() - t0, waited[0]))
+    sys.setswitchinterval(switch)
     for _, _, w, w_t in sends:
         w.wait()
         w_t.wait()
     if recvs or wqueue or saved:
         raise RuntimeError(f"rank {rank}: schedule left work undone: {list(recvs)[:3]} {list(wqueue)[:3]}")
+    makespan = time.time() - t0
     # 3. DualPipe: both copies of a stage hold half the gradient; sum them across the pair
     names = {}
     for s in mine:
         names.update(stage_param_names(model, stages[s]))
+    grads = {n: (q.grad if q.grad is not None else torch.zeros_like(q)).detach().clone() for n, q in names.items()}
     if len(sched.stage_rank) == 2:
-        partner = world_size - 1 - rank
-        flat = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel())
-                          for p in names.values()])
-        other = torch.empty_like(flat)
-        works = [dist.isend(flat, partner, tag=999_999), dist.irecv(other, partner, tag=999_999)]
-        for w in works:
-            w.wait()
-        flat = flat + other  # bitwise the same sum on both ranks (fp addition commutes)
-        grads, i = {}, 0
-        for n, p in names.items():
-            grads[n] = flat[i:i + p.numel()].view_as(p).clone()
-            i += p.numel()
-    else:
-        grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
-                 for n, p in names.items()}
-    return {"rank": rank, "losses": losses, "grads": grads, "timeline": timeline,
-            "stages": mine, "makespan": time.time() - t0}
+        _sum_with(grads, peer(sched.num_ranks - 1 - p))
+    # 4. expert parallelism: replicated parameters saw only this replica's tokens; sum over the EP group.
+    #    A routed expert's gradient already holds every replica's tokens (they came to it).
+    first_of = {id(q): mod.experts.first for s in mine for mod in stages[s].modules()
+                if isinstance(mod, ExpertParallelMoE) for q in mod.experts.parameters()}  # routed-expert shards
+    dense = [n for n in grads if id(names[n]) not in first_of]
+    if EP > 1 and dense:
+        flat = torch.cat([grads[n].flatten() for n in dense])
+        dist.all_reduce(flat, group=comm.forward_group)
+        _unflatten(flat, dense, grads)
+    shards = {n: (first_of[id(names[n])], grads.pop(n)) for n in list(grads) if id(names[n]) in first_of}
+    return {"rank": rank, "losses": losses, "aux_loss": aux[0], "grads": grads if e == 0 else {},
+            "expert_shards": shards, "timeline": timeline, "stages": mine, "makespan": makespan,
+            "all_to_alls": comm.calls}
+
+
+def _unflatten(flat: torch.Tensor, names: list[str], into: dict) -> None:
+    i = 0
+    for n in names:
+        into[n] = flat[i:i + into[n].numel()].view_as(into[n]).clone()
+        i += into[n].numel()
+
+
+def _sum_with(grads: dict, partner: int) -> None:
+    """Add a partner rank's gradients of the same parameters (in place; both ranks end bitwise equal)."""
+    names = list(grads)
+    flat = torch.cat([grads[n].flatten() for n in names])
+    other = torch.empty_like(flat)
+    works = [dist.isend(flat, partner, tag=999_999), dist.irecv(other, partner, tag=999_999)]
+    for w in works:
+        w.wait()
+    _unflatten(flat + other, names, grads)  # fp addition commutes: the same sum on both ranks
+
 
 
 def reference_step(config: dict, seed: int, input_ids: torch.Tensor, targets: torch.Tensor) -> dict:
-    """The same model and batch in one process: loss (the mean over tokens) and every gradient."""
+    """The same model and batch in one process: ``loss`` (the cross-entropy, mean over tokens), ``aux_loss`` (the
+    MoE balance losses, 0 for a dense model) and every parameter's gradient of their sum."""
     model = CausalLM(ModelConfig.from_dict(config), seed=seed)
-    loss = model(input_ids, targets).loss
-    loss.backward()
-    return {"loss": loss.item(), "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters()}}
+    out = model(input_ids, targets)
+    out.loss.backward()
+    ce = out.metrics.get("ce_loss", out.loss.item())
+    return {"loss": ce, "aux_loss": out.loss.item() - ce,
+            "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters()}}
 
 
 def _jobs_worker(rank: int, world_size: int, jobs: list[dict]) -> list[dict]:
@@ -331,32 +375,40 @@ def _jobs_worker(rank: int, world_size: int, jobs: list[dict]) -> list[dict]:
     return out
 
 
-def _gather(results: list[dict], num_microbatches: int) -> dict:
-    losses, grads = {}, {}
+def _gather(results: list[dict]) -> dict:
+    losses, grads, shards = {}, {}, {}
     for r in results:
         losses.update(r["losses"])
         grads.update(r["grads"])
-    return {"loss": sum(losses[m] for m in range(num_microbatches)) / num_microbatches,
-            "microbatch_losses": [losses[m] for m in range(num_microbatches)], "grads": grads,
-            "timelines": [r["timeline"] for r in results], "makespan": max(r["makespan"] for r in results)}
+        for n, (first, g) in r["expert_shards"].items():  # the same shard may come from both DualPipe copies
+            shards.setdefault(n, {})[first] = g
+    for n, parts in shards.items():
+        grads[n] = torch.cat([parts[k] for k in sorted(parts)])
+    mbs = [losses[m] for m in range(len(losses))]
+    return {"loss": sum(mbs) / len(mbs), "microbatch_losses": mbs, "aux_loss": sum(r["aux_loss"] for r in results),
+            "grads": grads, "timelines": [r["timeline"] for r in results],
+            "makespan": max(r["makespan"] for r in results), "all_to_alls": sum(r["all_to_alls"] for r in results)}
 
 
 def run_pipelines(jobs: list[dict], world_size: int, timeout: float = 60.0) -> list[dict]:
     """Run several pipeline steps, one after another, in one launch of ``world_size`` processes. Each job
     is a dict of ``pipeline_worker`` keywords: schedule_name, config (a dict), seed, input_ids, targets,
-    num_microbatches, and optionally latency and fail. Returns one gathered result per job."""
+    num_microbatches, and optionally latency, fail, expert_parallel, a2a_latency and overlap. Returns one
+    gathered result per job (see ``run_pipeline``)."""
     from .launcher import launch
 
     per_rank = launch(_jobs_worker, world_size, args=(jobs,), timeout=timeout)
-    return [_gather([r[j] for r in per_rank], job["num_microbatches"]) for j, job in enumerate(jobs)]
+    return [_gather([r[j] for r in per_rank]) for j in range(len(jobs))]
 
 
 def run_pipeline(schedule_name: str, world_size: int, config: ModelConfig, input_ids: torch.Tensor,
-                 targets: torch.Tensor, num_microbatches: int, seed: int = 0, latency: float = 0.0,
-                 timeout: float = 60.0, fail: dict | None = None) -> dict:
-    """Launch one pipeline step on ``world_size`` processes; gather the batch loss (mean over micro-batches),
-    all gradients (full-model names) and each rank's timeline [(kind, stage, mb, start, end, waited), ...]
-    in seconds (``waited``: the part of the op spent waiting for a transfer). Raises WorkerError if a rank fails."""
+                 targets: torch.Tensor, num_microbatches: int, seed: int = 0, timeout: float = 60.0,
+                 **options) -> dict:
+    """Launch one pipeline step on ``world_size`` processes (``options``: latency, fail, expert_parallel,
+    a2a_latency, overlap; see ``pipeline_worker``). Gathers the cross-entropy (mean over all micro-batches),
+    ``aux_loss`` (the MoE balance losses, scaled the same way), all gradients (full-model names, expert shards
+    joined) and each rank's timeline [(kind, stage, mb, start, end, waited), ...] in seconds (``waited``: the
+    part of the op spent waiting for a transfer). Raises WorkerError if a rank fails."""
     job = dict(schedule_name=schedule_name, config=config.to_dict(), seed=seed, input_ids=input_ids,
-               targets=targets, num_microbatches=num_microbatches, latency=latency, fail=fail)
+               targets=targets, num_microbatches=num_microbatches, **options)
     return run_pipelines([job], world_size, timeout)[0]

@@ -2,14 +2,17 @@
 
 A real run (``runtime.run_pipeline``) returns, for every rank, ``(kind, stage, mb, start, end, waited)``
 per op, in seconds from a common barrier. The op's compute time is ``end − start − waited``
-(``waited``: time blocked on a transfer inside the op). From that:
+(``waited``: time blocked on a point-to-point transfer inside the op; an MoE all-to-all counts as part of
+the op, which cannot go on without it). From that:
 
     busy(r)          Σ compute times of rank r
     makespan         the last end over all ranks
     bubble fraction  Σ_r (makespan − busy(r)) / (ranks · makespan)      (as SimResult.bubble_fraction)
 
 ``measured_costs`` averages the compute time of each op kind into a ``Costs`` so the simulator can
-predict the same schedule; ``plot_timeline`` draws simulated or measured events the way
+predict the same schedule (``measure_schedules``: the 2-rank experiment with point-to-point latency;
+``measure_expert_parallel``: PP × EP = 2 × 2 with all-to-all latency, DualPipe's F&B halves serial or
+overlapped); ``plot_timeline`` draws simulated or measured events the way
 DeepSeek-V3's Figure 5 draws DualPipe: one row per rank, a cell per op, its micro-batch written in it,
 forward/backward/weight colours, and the second direction in a darker shade.
 """
@@ -151,3 +154,68 @@ def measure_schedules(microbatches: int = 8, mb_size: int = 4, seq: int = 64, la
                          "latency_s": latency, "repeats": repeats, "config": config.to_dict(),
                          "torch": torch.__version__, "python": platform.python_version()},
             "runs": rows, "dualpipe_over_1f1b": ratio}
+
+
+# the expert-parallel timing model: 2 layers (one MoE layer per stage), small enough that the injected
+# all-to-all latency, not the four processes' competition for two cores, decides the timeline
+MOE_CONFIG = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=32, n_routed_experts=8, n_shared_experts=1,
+                         num_experts_per_tok=2, moe_intermediate_size=32, scoring_func="sigmoid",
+                         norm_topk_prob=True, topk_method="noaux_tc", routed_scaling_factor=2.5,
+                         seq_aux_loss_alpha=1e-4)
+
+
+def measure_expert_parallel(microbatches: int = 8, mb_size: int = 2, seq: int = 32, a2a_latency: float = 0.02,
+                            repeats: int = 3, config: ModelConfig = MOE_CONFIG) -> dict:
+    """The all-to-all experiment: PP = 2 pipeline ranks × EP = 2 expert-parallel ranks (4 processes), every
+    MoE dispatch and combine held ``a2a_latency`` seconds. Runs 1F1B, DualPipe with its F&B pairs run one
+    half after the other ("serial"), and DualPipe with the halves in two threads ("overlap"), ``repeats``
+    times each in one launch after a warm-up of each; keeps the fastest repeat of each.
+
+    For each run: measured makespan and bubble fraction, and the simulator's makespan from that run's own
+    mean op costs. ``predicted_makespan``: what the simulator says *before* DualPipe runs, from 1F1B's
+    measured F and B (and the serial DualPipe run's W, which 1F1B never runs on its own): serial pairs cost
+    F + B, perfectly overlapped pairs max(F, B) (the all-to-alls of one half entirely hidden behind the
+    other). ``over_1f1b``: makespan ratios to 1F1B, measured (median over repeats of back-to-back runs)
+    and predicted."""
+    g = torch.Generator().manual_seed(0)
+    rows_total = 2 * microbatches * mb_size  # EP = 2 replicas
+    ids = torch.randint(0, config.vocab_size, (rows_total, seq), generator=g)
+    tg = torch.randint(0, config.vocab_size, (rows_total, seq), generator=g)
+    plan = [("1f1b", False), ("dualpipe", False), ("dualpipe", True)]
+    label = {("1f1b", False): "1f1b", ("dualpipe", False): "dualpipe serial", ("dualpipe", True): "dualpipe overlap"}
+
+    def job(name, overlap):
+        return dict(schedule_name=name, config=config.to_dict(), seed=0, input_ids=ids, targets=tg,
+                    num_microbatches=microbatches, expert_parallel=2, a2a_latency=a2a_latency, overlap=overlap)
+
+    jobs = [job(n, o) for _ in range(repeats) for n, o in plan]
+    from .runtime import run_pipelines
+
+    outs = run_pipelines([job(n, o) for n, o in plan] + jobs, 4, timeout=600)[len(plan):]
+    rows: dict[str, dict] = {}
+    makespans: dict[str, list[float]] = {}
+    for (name, overlap), out in zip([p for _ in range(repeats) for p in plan], outs):
+        key = label[(name, overlap)]
+        meas = measured_bubble(out["timelines"])
+        makespans.setdefault(key, []).append(meas["makespan"])
+        if key in rows and rows[key]["measured_makespan"] <= meas["makespan"]:
+            continue
+        costs = measured_costs(out["timelines"])
+        rows[key] = {"schedule": name, "overlap": overlap, "measured_makespan": meas["makespan"],
+                     "measured_bubble_fraction": meas["bubble_fraction"],
+                     "simulated_makespan": simulate(build_schedule(name, 2, microbatches), costs).makespan,
+                     "costs": {"F": costs.F, "B": costs.B, "W": costs.W if name != "1f1b" else None,  # 1F1B: no W op
+                               "FB": costs.pair},
+                     "timelines": out["timelines"], "loss": out["loss"], "all_to_alls": out["all_to_alls"]}
+    c, w = rows["1f1b"]["costs"], rows["dualpipe serial"]["costs"]["W"]  # 1F1B has no separate W to measure
+    sims = {"1f1b": simulate(build_schedule("1f1b", 2, microbatches), Costs(c["F"], c["B"], w)).makespan}
+    for key, pair in (("dualpipe serial", c["F"] + c["B"]), ("dualpipe overlap", max(c["F"], c["B"]))):
+        sims[key] = simulate(build_schedule("dualpipe", 2, microbatches), Costs(c["F"], c["B"], w, FB=pair)).makespan
+    over = {key: {"measured": median(a / b for a, b in zip(makespans[key], makespans["1f1b"])),
+                  "predicted": sims[key] / sims["1f1b"]} for key in ("dualpipe serial", "dualpipe overlap")}
+    return {"settings": {"pipeline_ranks": 2, "expert_parallel": 2, "microbatches": microbatches,
+                         "mb_size": mb_size, "seq": seq, "a2a_latency_s": a2a_latency, "repeats": repeats,
+                         "config": config.to_dict(), "torch": torch.__version__,
+                         "python": platform.python_version()},
+            "runs": rows, "predicted_makespan": sims, "over_1f1b": over}

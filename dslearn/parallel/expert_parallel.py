@@ -1,0 +1,198 @@
+"""Expert parallelism inside pipeline stages: an MoE layer's dispatch and combine as real all-to-alls.
+
+DeepSeek-V3 trains with 16-way pipeline parallelism *and* 64-way expert parallelism (§3.2): the
+routed experts of every MoE layer are spread over the ranks of an expert-parallel (EP) group, and
+each token travels to the ranks holding its K experts and back. In the pipeline runtime the world of
+PP × EP processes is laid out as
+
+    global rank g = p · EP + e        p: pipeline rank (which stages), e: expert-parallel rank
+
+The EP ranks of one pipeline rank hold the same stages and run the same op list, each on its own
+slice of the batch (data parallel for everything but the routed experts). Rank e keeps the routed
+experts [e·E/EP, (e+1)·E/EP) of each of its MoE layers; the gate, the shared experts, attention and
+norms are replicated, and their gradients are summed over the EP group after the step.
+
+One MoE layer on EP rank e, N local tokens, K experts each (``ExpertParallelMoE.forward``):
+
+    1. gate (replicated)           topk_idx, topk_weight (N, K)
+    2. sort the N·K assignments    by expert id, so rows for EP rank 0 come first, then rank 1, …
+    3. exchange counts             all_to_all_single of an (EP, E/EP) table: how many rows each rank
+                                   will receive from each sender, per local expert
+    4. dispatch                    all_to_all_single of the (A, d) rows            ─┐ the two all-to-alls
+    5. local experts               regroup by local expert, grouped matmul          │ that DualPipe's F&B
+    6. combine                     all_to_all_single back, the mirror of 4          ─┘ pairs hide
+    7. weight and scatter-add      out[t] = Σ_k g_{t,k} · y_{t,k}
+
+Backward runs 6 and 4 mirrored (``AllToAll.backward``): the gradient rows take the reverse route.
+The expert weight gradients are deferrable into W like every Linear's (weightgrad.expert_matmul).
+
+Two process groups per EP group: forward all-to-alls use one, backward all-to-alls the other.
+Collectives on one group must be issued in the same order on every member; with the two directions
+on separate groups, the forward half and the backward half of an F&B pair can run in two threads at
+once (``pipeline_worker(overlap=True)``), and one half's all-to-all waits while the other computes.
+That is the overlap DualPipe is built for; on GPUs it is SMs and streams, here it is threads.
+
+``latency`` injects a link delay: every dispatch and combine, forward and backward, holds its thread
+``latency`` seconds after the data arrived (a sleep releases the GIL, so the other half of an F&B pair
+keeps computing meanwhile).
+
+What the layer leaves out, and why: V2's token dropping (``capacity_factor``) is refused — its capacity
+is a per-device budget that a different batch split would change, so no single-process run could check
+it. The bias update of V3's aux-loss-free balancing is an optimizer-step matter (after the schedule);
+the sequence-wise balance loss is computed here and reaches the gradients through ``PipelineStage``.
+
+    paper / DeepSeek code              code
+    ---------------------              ----
+    EP group (64 ranks in V3)          ep_group(...), the ranks p·EP + e for e < EP
+    dispatch / combine                 AllToAll (forward ↔ backward mirror), steps 4 and 6
+    routed experts on a rank           LocalExperts (E/EP experts, full-model parameter names)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..moe.dispatch import sort_by_expert
+from ..moe.layer import DeepSeekMoE, balance_loss
+from .weightgrad import WeightGradStore, expert_matmul
+
+
+@dataclass
+class EPComm:
+    """How one rank's MoE layers talk: the EP group's size, this rank's place in it, the forward and
+    backward process groups (None when EP = 1: no collectives), and the injected latency."""
+
+    size: int = 1
+    rank: int = 0
+    forward_group: object = None
+    backward_group: object = None
+    latency: float = 0.0
+    calls: int = 0  # all-to-alls of token rows run so far (dispatch + combine, forward + backward)
+
+
+def ep_groups(pp: int, ep: int, rank: int, latency: float = 0.0) -> EPComm:
+    """Create every EP group's two process groups (a collective call: every rank of the world must make
+    it, in the same order) and return this rank's ``EPComm``."""
+    p, e = divmod(rank, ep)
+    if ep == 1:
+        return EPComm(latency=latency)
+    mine = None
+    for q in range(pp):
+        ranks = list(range(q * ep, (q + 1) * ep))
+        fwd, bwd = dist.new_group(ranks), dist.new_group(ranks)
+        if q == p:
+            mine = (fwd, bwd)
+    return EPComm(ep, e, mine[0], mine[1], latency)
+
+
+def _exchange(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group, comm: EPComm) -> torch.Tensor:
+    """Send in_splits[j] rows of x to rank j of ``group``; receive out_splits[j] rows from it."""
+    out = x.new_empty(sum(out_splits), *x.shape[1:])
+    dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
+    comm.calls += 1
+    if comm.latency > 0:
+        time.sleep(comm.latency)
+    return out
+
+
+class AllToAll(torch.autograd.Function):
+    """Rows to and from every EP rank. Its backward is the same exchange the other way round."""
+
+    @staticmethod
+    def forward(ctx, x, out_splits, in_splits, comm):
+        ctx.splits, ctx.comm = (out_splits, in_splits), comm
+        return _exchange(x, out_splits, in_splits, comm.forward_group, comm)
+
+    @staticmethod
+    def backward(ctx, gy):
+        out_splits, in_splits = ctx.splits
+        return _exchange(gy, in_splits, out_splits, ctx.comm.backward_group, ctx.comm), None, None, None
+
+
+class LocalExperts(nn.Module):
+    """This rank's share of the routed experts: rows [first, first + count) of the full layer's weights."""
+
+    def __init__(self, experts: nn.Module, first: int, count: int):
+        super().__init__()
+        self.first, self.count = first, count
+        self.gate_up_proj = nn.Parameter(experts.gate_up_proj.detach()[first:first + count].clone())  # (E_l, 2I, d)
+        self.down_proj = nn.Parameter(experts.down_proj.detach()[first:first + count].clone())  # (E_l, d, I)
+
+    def forward(self, x: torch.Tensor, counts: torch.Tensor, store: WeightGradStore | None) -> torch.Tensor:
+        """x (R, d) sorted by local expert, counts (E_l,) → (R, d)."""
+        g, u = expert_matmul(x, self.gate_up_proj, counts, store).chunk(2, dim=-1)  # (R, I) each
+        return expert_matmul(nn.functional.silu(g) * u, self.down_proj, counts, store)  # (R, d)
+
+
+class ExpertParallelMoE(nn.Module):
+    """A DeepSeekMoE layer whose routed experts live on the ranks of an EP group (same outputs and
+    gradients as the whole layer in one process). Built from the full layer, whose gate and shared
+    experts it shares; ``experts`` keeps only this rank's slice under the same parameter names."""
+
+    def __init__(self, moe: DeepSeekMoE, comm: EPComm, store: WeightGradStore | None = None):
+        super().__init__()
+        c = self.config = moe.config
+        if c.capacity_factor is not None:
+            raise ValueError("expert parallelism here runs without token dropping (capacity_factor must be None): "
+                             "a per-device capacity depends on how the batch is split, so no single-process run "
+                             "could check it")
+        if c.n_routed_experts % comm.size:
+            raise ValueError(f"n_routed_experts={c.n_routed_experts} cannot be split evenly over {comm.size} "
+                             "expert-parallel ranks")
+        self.layer_idx, self.comm, self.store = moe.layer_idx, comm, store
+        self.gate, self.shared_experts = moe.gate, moe.shared_experts
+        per_rank = c.n_routed_experts // comm.size
+        self.experts = LocalExperts(moe.experts, comm.rank * per_rank, per_rank)
+        self.aux_loss: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d) → shared + routed outputs (B, T, d); sets ``aux_loss`` in training mode."""
+        c, comm = self.config, self.comm
+        B, T, d = x.shape
+        flat = x.reshape(B * T, d)  # (N, d)
+        # 1. gate, replicated on every EP rank
+        r = self.gate(flat)  # topk_idx/topk_weight (N, K)
+        self.aux_loss = balance_loss(c, r, B, T) if self.training else None
+        # 2. assignments in expert order = grouped by the EP rank that holds the expert
+        token, pos, counts = sort_by_expert(r.topk_idx, None, c.n_routed_experts)  # (A,), (A,), (E,)
+        send = counts.view(comm.size, self.experts.count)  # (EP, E_l) rows to rank j for its expert i
+        rows = flat[token]  # (A, d)
+        if comm.size == 1:
+            y = self.experts(rows, counts, self.store)  # (A, d): already sorted by (local) expert
+        else:
+            # 3. how many rows arrive from each rank, per local expert
+            recv = torch.empty_like(send)
+            dist.all_to_all_single(recv, send, group=comm.forward_group)  # (EP, E_l): from rank j for expert i
+            in_splits, out_splits = send.sum(1).tolist(), recv.sum(1).tolist()
+            # 4. dispatch
+            got = AllToAll.apply(rows, out_splits, in_splits, comm)  # (R, d), by sender, then local expert
+            # 5. the local experts, on rows regrouped by expert
+            expert_of_row = torch.arange(self.experts.count).repeat(comm.size).repeat_interleave(recv.flatten())
+            order = expert_of_row.argsort(stable=True)  # (R,)
+            out = self.experts(got[order], recv.sum(0), self.store)  # (R, d) in expert order
+            back = torch.empty_like(out).index_copy(0, order, out)  # (R, d) in arrival order
+            # 6. combine: every row goes home, in the order it left
+            y = AllToAll.apply(back, in_splits, out_splits, comm)  # (A, d)
+        # 7. weight by g_{t,k} and sum over each token's K experts
+        routed = torch.zeros_like(flat).index_add(0, token, y * r.topk_weight.flatten()[pos, None].to(y.dtype))
+        out = routed.view(B, T, d)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        return out
+
+
+def shard_experts(module: nn.Module, comm: EPComm, store: WeightGradStore | None = None) -> int:
+    """Replace every DeepSeekMoE inside ``module`` by its ExpertParallelMoE; returns how many."""
+    n = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, DeepSeekMoE):
+                setattr(parent, name, ExpertParallelMoE(child, comm, store))
+                n += 1
+    return n
+
