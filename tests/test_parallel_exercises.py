@@ -1,5 +1,7 @@
 """Chapter 06's exercise checkers: reference solutions pass, typical mistakes fail with a useful message."""
 
+import torch
+
 import dslearn.exercises.parallel  # noqa: F401  (registers the chapter's exercises)
 from dslearn.exercises import check
 
@@ -20,6 +22,11 @@ def test_reference_solutions_pass():
     assert check("one_f_one_b_order", order).passed
     assert check("linear_backward_split", split).passed
     assert check("makespan_1f1b", lambda p, m, F, B: (m + p - 1) * (F + B)).passed
+    assert check("ep_send_counts", send_counts).passed
+
+
+def send_counts(topk_idx, n_experts, ep):
+    return torch.bincount(topk_idx.flatten(), minlength=n_experts).view(ep, n_experts // ep)
 
 
 def test_typical_mistakes_fail_with_a_hint():
@@ -29,11 +36,15 @@ def test_typical_mistakes_fail_with_a_hint():
     assert r.status == "FAIL"
     r = check("makespan_1f1b", lambda p, m, F, B: m * (F + B))
     assert r.status == "FAIL" and "expected" in r.message
+    r = check("ep_send_counts", lambda idx, e, ep: torch.bincount(idx[:, 0], minlength=e).view(ep, e // ep))
+    assert r.status == "FAIL" and "expected" in r.message  # counted only each token's first expert
+    r = check("ep_send_counts", lambda idx, e, ep: torch.bincount(idx.flatten(), minlength=e).view(e // ep, ep))
+    assert r.status == "FAIL" and "shape" in r.message
 
 
 def test_untouched_exercises_are_todo():
     def todo(*args):
         raise NotImplementedError
 
-    for name in ("one_f_one_b_order", "linear_backward_split", "makespan_1f1b"):
+    for name in ("one_f_one_b_order", "linear_backward_split", "makespan_1f1b", "ep_send_counts"):
         assert check(name, todo).status == "TODO"

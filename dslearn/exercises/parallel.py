@@ -1,4 +1,5 @@
-"""Exercises for notebook 06: the 1F1B order, the B/W split of a Linear layer, a pipeline simulator.
+"""Exercises for notebook 06: the 1F1B order, the B/W split of a Linear layer, a pipeline simulator, the
+send table of an expert-parallel dispatch.
 
 Import this module (``import dslearn.exercises.parallel``) to register them, then ``check(name, fn)``.
 """
@@ -53,3 +54,21 @@ def _makespan_1f1b(fn) -> str:
         got = fn(p, m, F, B)
         assert abs(float(got) - want) < 1e-9, f"PP={p}, M={m}, F={F}, B={B}: got {got}, expected {want}"
     return f"matches dslearn's simulator on {len(cases)} cases: (M + PP − 1)(F + B)"
+
+
+@exercise("ep_send_counts", hint="expert e lives on EP rank e // (E/EP) as its local expert e % (E/EP); count "
+                                 "the (token, k) assignments per expert (torch.bincount with minlength) and reshape")
+def _ep_send_counts(fn) -> str:
+    """ep_send_counts(topk_idx, n_experts, ep_size) → (ep_size, n_experts // ep_size) int64: how many token rows
+    this rank's dispatch sends to EP rank j for its local expert i (one row per (token, chosen expert))."""
+    g = torch.Generator().manual_seed(0)
+    cases = [(16, 2, 8, 2), (7, 3, 12, 4), (5, 1, 4, 1), (1, 2, 6, 3)]
+    for n, k, e, ep in cases:
+        idx = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(n)])  # (N, K) distinct experts per token
+        want = torch.bincount(idx.flatten(), minlength=e).view(ep, e // ep)
+        got = fn(idx, e, ep)
+        assert torch.is_tensor(got) and tuple(got.shape) == (ep, e // ep), \
+            f"N={n}, K={k}, E={e}, EP={ep}: expected a tensor of shape {(ep, e // ep)}, got {got!r}"
+        assert torch.equal(got.long(), want), \
+            f"N={n}, K={k}, E={e}, EP={ep}: got {got.tolist()}, expected {want.tolist()}"
+    return f"the dispatch's send table is right on {len(cases)} cases (its row sums are all_to_all_single's in_splits)"

@@ -34,10 +34,12 @@ Overlap. ``overlap=True`` runs the two halves of every F&B pair at once, the bac
 second thread. Their all-to-alls go to two different process groups (forward, backward), so each
 group still sees the same order of collectives on every EP rank, and while one half waits for its
 all-to-all the other computes — the overlap DualPipe's pairs exist for (V3 §3.2.1, where it is SMs
-and CUDA streams). Two CPU-side details decide whether it works: the new thread must be limited to
-one OpenMP thread too (``torch.set_num_threads`` is per thread), and Python's GIL switch interval is
-lowered from 5 ms to 0.1 ms during the schedule, because the backward half re-enters Python at
-every custom autograd function and would otherwise wait up to 5 ms each time.
+and CUDA streams). Two CPU-side details decide whether it works: the new thread calls
+``torch.set_num_threads(1)`` itself (part of that setting, MKL's, is per thread; without it the
+backward half's matrix products spread over every core, four processes fight for two, and the
+overlap is lost), and Python's GIL switch interval is lowered from 5 ms to 0.1 ms during the
+schedule, because the backward half re-enters Python at every custom autograd function and could
+otherwise wait up to 5 ms each time.
 
 DualPipe holds every stage on two ranks (i and PP−1−i, one per direction); after the schedule the
 two copies' gradients are summed (a point-to-point exchange between the pair), as the optimizer
@@ -267,7 +269,7 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
         errors, w2 = [], [0.0]
 
         def backward_half():
-            torch.set_num_threads(1)  # per thread (OpenMP): a new thread would otherwise use every core
+            torch.set_num_threads(1)  # partly per thread (MKL): a new thread would use every core
             try:
                 run(op.pair[1], w2)
             except BaseException as exc:  # re-raised in the main thread, which names the rank
