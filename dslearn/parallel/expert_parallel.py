@@ -72,7 +72,12 @@ class EPComm:
     forward_group: object = None
     backward_group: object = None
     latency: float = 0.0
-    calls: int = 0  # all-to-alls of token rows run so far (dispatch + combine, forward + backward)
+    forward_calls: int = 0  # all-to-alls of token rows run so far, forward (dispatch, combine) and backward;
+    backward_calls: int = 0  # two counters, as the two directions may run in two threads at once
+
+    @property
+    def calls(self) -> int:
+        return self.forward_calls + self.backward_calls
 
 
 def ep_groups(pp: int, ep: int, rank: int, latency: float = 0.0) -> EPComm:
@@ -90,11 +95,16 @@ def ep_groups(pp: int, ep: int, rank: int, latency: float = 0.0) -> EPComm:
     return EPComm(ep, e, mine[0], mine[1], latency)
 
 
-def _exchange(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group, comm: EPComm) -> torch.Tensor:
-    """Send in_splits[j] rows of x to rank j of ``group``; receive out_splits[j] rows from it."""
+def _exchange(x: torch.Tensor, out_splits: list[int], in_splits: list[int], comm: EPComm,
+              backward: bool) -> torch.Tensor:
+    """Send in_splits[j] rows of x to EP rank j; receive out_splits[j] rows from it."""
     out = x.new_empty(sum(out_splits), *x.shape[1:])
+    group = comm.backward_group if backward else comm.forward_group
     dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
-    comm.calls += 1
+    if backward:
+        comm.backward_calls += 1
+    else:
+        comm.forward_calls += 1
     if comm.latency > 0:
         time.sleep(comm.latency)
     return out
@@ -106,12 +116,12 @@ class AllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, out_splits, in_splits, comm):
         ctx.splits, ctx.comm = (out_splits, in_splits), comm
-        return _exchange(x, out_splits, in_splits, comm.forward_group, comm)
+        return _exchange(x, out_splits, in_splits, comm, backward=False)
 
     @staticmethod
     def backward(ctx, gy):
         out_splits, in_splits = ctx.splits
-        return _exchange(gy, in_splits, out_splits, ctx.comm.backward_group, ctx.comm), None, None, None
+        return _exchange(gy, in_splits, out_splits, ctx.comm, backward=True), None, None, None
 
 
 class LocalExperts(nn.Module):

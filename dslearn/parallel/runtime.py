@@ -54,8 +54,10 @@ step would need.
     F, B, W, F&B                     the op kinds of schedules.py, executed in pipeline_worker
     PP × EP ranks                    world_size (launcher.launch), expert_parallel
 
-The result of ``pipeline_worker`` (one per rank) carries the micro-batch losses, the gradients of
-the parameters the rank holds (full-model names) and the measured timeline of its ops.
+The result of ``pipeline_worker`` (one per rank) carries the micro-batch losses, the balance losses it
+added, the gradients of the parameters the rank holds (full-model names; routed experts as this rank's
+shard with its first expert index), the measured timeline of its ops and its count of all-to-alls;
+``run_pipeline`` gathers them into whole-model results.
 """
 
 from __future__ import annotations
@@ -82,11 +84,12 @@ class AddAuxLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, aux):
+        ctx.aux_dtype = aux.dtype
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, gy):
-        return gy, torch.ones((), dtype=gy.dtype)
+        return gy, torch.ones((), dtype=ctx.aux_dtype)
 
 
 class PipelineStage(nn.Module):
@@ -293,23 +296,25 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
     switch = sys.getswitchinterval()
     if overlap:  # a thread waiting for the GIL gets it after this long (default 5 ms); the backward half
         sys.setswitchinterval(1e-4)  # re-enters Python at every custom autograd op, so 5 ms would add up
-    for i, op in enumerate(sched.ops[p]):
-        if fail and fail.get("rank") == rank and i == n_ops // 2:
-            if fail.get("how") == "exit":
-                import os
-                os._exit(3)
-            if fail.get("how") == "hang":
-                time.sleep(3600)
-            raise RuntimeError(f"injected failure on rank {rank} at op {i} ({op})")
-        start = time.time() - t0
-        waited = [0.0]  # seconds the op spent waiting for data
-        if op.kind == "FB" and overlap:
-            run_pair(op, waited)
-        else:
-            for c in op.parts():
-                run(c, waited)
-        timeline.append((op.kind, op.parts()[0].stage, op.parts()[0].mb, start, time.time() - t0, waited[0]))
-    sys.setswitchinterval(switch)
+    try:
+        for i, op in enumerate(sched.ops[p]):
+            if fail and fail.get("rank") == rank and i == n_ops // 2:
+                if fail.get("how") == "exit":
+                    import os
+                    os._exit(3)
+                if fail.get("how") == "hang":
+                    time.sleep(3600)
+                raise RuntimeError(f"injected failure on rank {rank} at op {i} ({op})")
+            start = time.time() - t0
+            waited = [0.0]  # seconds the op spent waiting for data
+            if op.kind == "FB" and overlap:
+                run_pair(op, waited)
+            else:
+                for c in op.parts():
+                    run(c, waited)
+            timeline.append((op.kind, op.parts()[0].stage, op.parts()[0].mb, start, time.time() - t0, waited[0]))
+    finally:
+        sys.setswitchinterval(switch)
     for _, _, w, w_t in sends:
         w.wait()
         w_t.wait()
