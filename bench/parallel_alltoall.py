@@ -33,9 +33,9 @@ def main() -> None:
     Path(a.out).write_text(json.dumps(res, indent=1))
     for key, r in res["runs"].items():
         c = r["costs"]
+        pair = f"  F&B {c['FB'] * 1e3:.1f}" if r["schedule"] == "dualpipe" else ""  # 1F1B runs no F&B pair
         print(f"{key:17s} makespan {r['measured_makespan'] * 1e3:6.1f} ms (sim {r['simulated_makespan'] * 1e3:6.1f})"
-              f"  bubble {r['measured_bubble_fraction']:.3f}  F {c['F'] * 1e3:.1f}  B {c['B'] * 1e3:.1f}"
-              f"  F&B {c['FB'] * 1e3:.1f} ms")
+              f"  bubble {r['measured_bubble_fraction']:.3f}  F {c['F'] * 1e3:.1f}  B {c['B'] * 1e3:.1f}{pair} ms")
     for key, q in res["over_1f1b"].items():
         print(f"{key}/1F1B makespan: measured {q['measured']:.3f}, predicted {q['predicted']:.3f}")
 

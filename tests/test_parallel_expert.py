@@ -50,6 +50,10 @@ def _assert_matches(out, ref, label):
     assert set(out["grads"]) == set(ref["grads"]), f"{label}: {set(ref['grads']) ^ set(out['grads'])}"
     for n, g in ref["grads"].items():
         torch.testing.assert_close(out["grads"][n], g, atol=1e-6, rtol=1e-4, msg=lambda m, n=n: f"{label} {n}: {m}")
+    # what V3's bias update reads: assignments per expert, every replica's tokens counted once
+    assert set(out["expert_load"]) == set(ref["expert_load"]) == {f"model.layers.{i}.mlp" for i in (1, 2, 3)}
+    for n, load in ref["expert_load"].items():
+        assert torch.equal(out["expert_load"][n], load), f"{label} {n}: load {out['expert_load'][n]} != {load}"
 
 
 def _jobs(specs, cfg, ids, tg, **kw):

@@ -36,10 +36,14 @@ That is the overlap DualPipe is built for; on GPUs it is SMs and streams, here i
 ``latency`` seconds after the data arrived (a sleep releases the GIL, so the other half of an F&B pair
 keeps computing meanwhile).
 
-What the layer leaves out, and why: V2's token dropping (``capacity_factor``) is refused — its capacity
-is a per-device budget that a different batch split would change, so no single-process run could check
-it. The bias update of V3's aux-loss-free balancing is an optimizer-step matter (after the schedule);
-the sequence-wise balance loss is computed here and reaches the gradients through ``PipelineStage``.
+Balancing. The balance losses are computed here, on the rank's tokens, and reach the gradients through
+``PipelineStage`` (``AddAuxLoss``). V3's sequence-wise loss is per sequence, so it equals a single-process
+run exactly; V2's batch-wise losses (Σ f·P over a batch) come out per micro-batch, as in any micro-batched
+training. V3's aux-loss-free bias update happens after the optimizer step, outside the schedule; what it
+needs is the step's expert load summed over every replica: each layer counts its local assignments in
+``step_load`` and ``run_pipeline`` returns the sums (``expert_load``). V2's token dropping
+(``capacity_factor``) is refused: its capacity is a per-device budget that a different batch split would
+change, so no single-process run could check it.
 
     paper / DeepSeek code              code
     ---------------------              ----
@@ -80,19 +84,21 @@ class EPComm:
         return self.forward_calls + self.backward_calls
 
 
+_GROUPS: dict[tuple[int, int], list] = {}  # (PP, EP) → every EP group's (forward, backward) process groups
+
+
 def ep_groups(pp: int, ep: int, rank: int, latency: float = 0.0) -> EPComm:
-    """Create every EP group's two process groups (a collective call: every rank of the world must make
-    it, in the same order) and return this rank's ``EPComm``."""
+    """This rank's ``EPComm``. The first call for a (PP, EP) layout creates every EP group's two process
+    groups — a collective call: every rank of the world makes it, in the same order; later steps in the
+    same processes reuse them."""
     p, e = divmod(rank, ep)
     if ep == 1:
         return EPComm(latency=latency)
-    mine = None
-    for q in range(pp):
-        ranks = list(range(q * ep, (q + 1) * ep))
-        fwd, bwd = dist.new_group(ranks), dist.new_group(ranks)
-        if q == p:
-            mine = (fwd, bwd)
-    return EPComm(ep, e, mine[0], mine[1], latency)
+    if (pp, ep) not in _GROUPS:
+        _GROUPS[(pp, ep)] = [(dist.new_group(r), dist.new_group(r))
+                             for r in (list(range(q * ep, (q + 1) * ep)) for q in range(pp))]
+    fwd, bwd = _GROUPS[(pp, ep)][p]
+    return EPComm(ep, e, fwd, bwd, latency)
 
 
 def _exchange(x: torch.Tensor, out_splits: list[int], in_splits: list[int], comm: EPComm,
@@ -158,6 +164,7 @@ class ExpertParallelMoE(nn.Module):
         self.gate, self.shared_experts = moe.gate, moe.shared_experts
         per_rank = c.n_routed_experts // comm.size
         self.experts = LocalExperts(moe.experts, comm.rank * per_rank, per_rank)
+        self.register_buffer("step_load", torch.zeros(c.n_routed_experts), persistent=False)  # (E,) local tokens
         self.aux_loss: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,6 +175,8 @@ class ExpertParallelMoE(nn.Module):
         # 1. gate, replicated on every EP rank
         r = self.gate(flat)  # topk_idx/topk_weight (N, K)
         self.aux_loss = balance_loss(c, r, B, T) if self.training else None
+        if self.training:
+            self.step_load += torch.bincount(r.topk_idx.flatten(), minlength=c.n_routed_experts).float()
         # 2. assignments in expert order = grouped by the EP rank that holds the expert
         token, pos, counts = sort_by_expert(r.topk_idx, None, c.n_routed_experts)  # (A,), (A,), (E,)
         send = counts.view(comm.size, self.experts.count)  # (EP, E_l) rows to rank j for its expert i

@@ -35,9 +35,9 @@ second thread. Their all-to-alls go to two different process groups (forward, ba
 group still sees the same order of collectives on every EP rank, and while one half waits for its
 all-to-all the other computes — the overlap DualPipe's pairs exist for (V3 §3.2.1, where it is SMs
 and CUDA streams). Two CPU-side details decide whether it works: the new thread calls
-``torch.set_num_threads(1)`` itself (part of that setting, MKL's, is per thread; without it the
-backward half's matrix products spread over every core, four processes fight for two, and the
-overlap is lost), and Python's GIL switch interval is lowered from 5 ms to 0.1 ms during the
+``torch.set_num_threads(1)`` itself (part of what it sets is per thread; without it the backward
+half's matrix products spread over every core, four processes fight for two, and the overlap is
+lost), and Python's GIL switch interval is lowered from 5 ms to 0.1 ms during the
 schedule, because the backward half re-enters Python at every custom autograd function and could
 otherwise wait up to 5 ms each time.
 
@@ -89,7 +89,7 @@ class AddAuxLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
-        return gy, torch.ones((), dtype=ctx.aux_dtype)
+        return gy, torch.ones((), dtype=ctx.aux_dtype, device=gy.device)
 
 
 class PipelineStage(nn.Module):
@@ -269,10 +269,12 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
     def run_pair(op, waited):
         """F&B with overlap: the backward half in a second thread. Its all-to-alls use the backward process
         group, the forward half's the forward group, so each group still sees one fixed order of collectives."""
+        if op.pair[1].kind != "BW":  # the store's `deferring` flag is shared; only a full backward may run here
+            raise ValueError(f"an overlapped pair's backward half must be a full backward, got {op}")
         errors, w2 = [], [0.0]
 
         def backward_half():
-            torch.set_num_threads(1)  # partly per thread (MKL): a new thread would use every core
+            torch.set_num_threads(1)  # partly a per-thread setting: a new thread would use every core
             try:
                 run(op.pair[1], w2)
             except BaseException as exc:  # re-raised in the main thread, which names the rank
@@ -338,9 +340,11 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
         dist.all_reduce(flat, group=comm.forward_group)
         _unflatten(flat, dense, grads)
     shards = {n: (first_of[id(names[n])], grads.pop(n)) for n in list(grads) if id(names[n]) in first_of}
+    load = {f"model.layers.{mod.layer_idx}.mlp": mod.step_load.clone() for s in mine for mod in stages[s].modules()
+            if isinstance(mod, ExpertParallelMoE)}  # this rank's tokens only
     return {"rank": rank, "losses": losses, "aux_loss": aux[0], "grads": grads if e == 0 else {},
-            "expert_shards": shards, "timeline": timeline, "stages": mine, "makespan": makespan,
-            "all_to_alls": comm.calls}
+            "expert_shards": shards, "expert_load": load, "timeline": timeline, "stages": mine,
+            "makespan": makespan, "all_to_alls": comm.calls}
 
 
 def _unflatten(flat: torch.Tensor, names: list[str], into: dict) -> None:
@@ -364,12 +368,14 @@ def _sum_with(grads: dict, partner: int) -> None:
 
 def reference_step(config: dict, seed: int, input_ids: torch.Tensor, targets: torch.Tensor) -> dict:
     """The same model and batch in one process: ``loss`` (the cross-entropy, mean over tokens), ``aux_loss`` (the
-    MoE balance losses, 0 for a dense model) and every parameter's gradient of their sum."""
+    MoE balance losses, 0 for a dense model), every parameter's gradient of their sum, and each MoE layer's
+    ``expert_load`` (assignments per expert, what V3's bias update reads)."""
     model = CausalLM(ModelConfig.from_dict(config), seed=seed)
     out = model(input_ids, targets)
     out.loss.backward()
     ce = out.metrics.get("ce_loss", out.loss.item())
-    return {"loss": ce, "aux_loss": out.loss.item() - ce,
+    load = {n: m.step_load.clone() for n, m in model.named_modules() if hasattr(m, "step_load")}
+    return {"loss": ce, "aux_loss": out.loss.item() - ce, "expert_load": load,
             "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters()}}
 
 
@@ -383,17 +389,19 @@ def _jobs_worker(rank: int, world_size: int, jobs: list[dict]) -> list[dict]:
 
 
 def _gather(results: list[dict]) -> dict:
-    losses, grads, shards = {}, {}, {}
+    losses, grads, shards, load = {}, {}, {}, {}
     for r in results:
         losses.update(r["losses"])
         grads.update(r["grads"])
+        for n, v in r["expert_load"].items():  # every micro-batch's forward ran on exactly one rank
+            load[n] = load[n] + v if n in load else v
         for n, (first, g) in r["expert_shards"].items():  # the same shard may come from both DualPipe copies
             shards.setdefault(n, {})[first] = g
     for n, parts in shards.items():
         grads[n] = torch.cat([parts[k] for k in sorted(parts)])
     mbs = [losses[m] for m in range(len(losses))]
     return {"loss": sum(mbs) / len(mbs), "microbatch_losses": mbs, "aux_loss": sum(r["aux_loss"] for r in results),
-            "grads": grads, "timelines": [r["timeline"] for r in results],
+            "grads": grads, "expert_load": load, "timelines": [r["timeline"] for r in results],
             "makespan": max(r["makespan"] for r in results), "all_to_alls": sum(r["all_to_alls"] for r in results)}
 
 
@@ -414,8 +422,9 @@ def run_pipeline(schedule_name: str, world_size: int, config: ModelConfig, input
     """Launch one pipeline step on ``world_size`` processes (``options``: latency, fail, expert_parallel,
     a2a_latency, overlap; see ``pipeline_worker``). Gathers the cross-entropy (mean over all micro-batches),
     ``aux_loss`` (the MoE balance losses, scaled the same way), all gradients (full-model names, expert shards
-    joined) and each rank's timeline [(kind, stage, mb, start, end, waited), ...] in seconds (``waited``: the
-    part of the op spent waiting for a transfer). Raises WorkerError if a rank fails."""
+    joined), each MoE layer's ``expert_load`` summed over all replicas, and each rank's timeline
+    [(kind, stage, mb, start, end, waited), ...] in seconds (``waited``: the part of the op spent waiting for a
+    transfer). Raises WorkerError if a rank fails."""
     job = dict(schedule_name=schedule_name, config=config.to_dict(), seed=seed, input_ids=input_ids,
                targets=targets, num_microbatches=num_microbatches, **options)
     return run_pipelines([job], world_size, timeout)[0]

@@ -205,8 +205,8 @@ def measure_expert_parallel(microbatches: int = 8, mb_size: int = 2, seq: int = 
         rows[key] = {"schedule": name, "overlap": overlap, "measured_makespan": meas["makespan"],
                      "measured_bubble_fraction": meas["bubble_fraction"],
                      "simulated_makespan": simulate(build_schedule(name, 2, microbatches), costs).makespan,
-                     "costs": {"F": costs.F, "B": costs.B, "W": costs.W if name != "1f1b" else None,  # 1F1B: no W op
-                               "FB": costs.pair},
+                     "costs": {"F": costs.F, "B": costs.B,  # 1F1B runs neither a separate W nor an F&B pair
+                               "W": costs.W if name != "1f1b" else None, "FB": costs.pair if name != "1f1b" else None},
                      "timelines": out["timelines"], "loss": out["loss"], "all_to_alls": out["all_to_alls"]}
     c, w = rows["1f1b"]["costs"], rows["dualpipe serial"]["costs"]["W"]  # 1F1B has no separate W to measure
     sims = {"1f1b": simulate(build_schedule("1f1b", 2, microbatches), Costs(c["F"], c["B"], w)).makespan}
