@@ -56,7 +56,7 @@ def measured_costs(timelines: list[list[tuple]], comm: float = 0.0) -> Costs:
         for k, _, _, start, end, waited in tl:
             by.setdefault(k, []).append(end - start - waited)
     avg = {k: mean(v) for k, v in by.items()}
-    F = avg["F"] if "F" in avg else avg["FB"] / 3
+    F = avg["F"] if "F" in avg else avg["FB"] / 3  # no lone forward measured: assume B = 2F, so F&B = 3F
     if "B" in avg and "W" in avg:
         B_in, W = avg["B"], avg["W"]
         B = avg.get("BW", B_in + W)
