@@ -146,8 +146,9 @@ class LocalExperts(nn.Module):
 
 
 class ExpertParallelMoE(nn.Module):
-    """A DeepSeekMoE layer whose routed experts live on the ranks of an EP group (same outputs and
-    gradients as the whole layer in one process). Built from the full layer, whose gate and shared
+    """A DeepSeekMoE layer whose routed experts live on the ranks of an EP group: the same outputs and
+    gradients as the whole layer in one process, to float rounding (the gate weight multiplies after the
+    expert, not before W2 as in ``grouped_dispatch``). Built from the full layer, whose gate and shared
     experts it shares; ``experts`` keeps only this rank's slice under the same parameter names."""
 
     def __init__(self, moe: DeepSeekMoE, comm: EPComm, store: WeightGradStore | None = None):
