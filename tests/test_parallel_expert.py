@@ -152,13 +152,14 @@ def test_four_ranks_pipeline_times_expert_parallel_equal_one_process():
     ref = reference_step(cfg.to_dict(), 0, ids, tg)
     specs = [("1f1b", 2, 4, False), ("zb1p", 2, 4, False), ("dualpipe", 2, 4, False), ("dualpipe", 2, 4, True),
              ("dualpipev", 2, 4, True)]
-    outs = run_pipelines(_jobs(specs, cfg, ids, tg), 4, timeout=150)
-    late = run_pipelines(_jobs([("dualpipe", 2, 4, True)], cfg, ids, tg, a2a_latency=0.01), 4, timeout=150)[0]
+    late = _jobs([("dualpipe", 2, 4, True)], cfg, ids, tg, a2a_latency=0.05)  # last: first-touch costs paid
+    *outs, late = run_pipelines(_jobs(specs, cfg, ids, tg) + late, 4, timeout=150)
     for (name, ep, m, overlap), out in zip(specs + [("dualpipe", 2, 4, True)], outs + [late]):
         _assert_matches(out, ref, f"{name} EP={ep} overlap={overlap}")
         assert out["all_to_alls"] == 3 * 4 * m * ep
-    # 24 all-to-alls on every rank, 10 ms each: even perfectly overlapped in pairs that is >= 0.12 s
-    assert late["makespan"] >= 24 * 0.01 / 2
+    # 24 all-to-alls on every rank, 50 ms each: even perfectly overlapped in pairs that is >= 0.6 s
+    # (the same step without the delay takes < 0.1 s here, so the bound does tell an injected delay)
+    assert late["makespan"] >= 24 * 0.05 / 2
 
 
 def test_bad_layouts_are_refused():

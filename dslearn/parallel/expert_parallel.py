@@ -180,12 +180,12 @@ class ExpertParallelMoE(nn.Module):
             self.step_load += torch.bincount(r.topk_idx.flatten(), minlength=c.n_routed_experts).float()
         # 2. assignments in expert order = grouped by the EP rank that holds the expert
         token, pos, counts = sort_by_expert(r.topk_idx, None, c.n_routed_experts)  # (A,), (A,), (E,)
-        send = counts.view(comm.size, self.experts.count)  # (EP, E_l) rows to rank j for its expert i
         rows = flat[token]  # (A, d)
         if comm.size == 1:
             y = self.experts(rows, counts, self.store)  # (A, d): already sorted by (local) expert
         else:
             # 3. how many rows arrive from each rank, per local expert
+            send = counts.view(comm.size, self.experts.count)  # (EP, E_l) rows to rank j for its expert i
             recv = torch.empty_like(send)
             dist.all_to_all_single(recv, send, group=comm.forward_group)  # (EP, E_l): from rank j for expert i
             in_splits, out_splits = send.sum(1).tolist(), recv.sum(1).tolist()
