@@ -75,7 +75,7 @@ from ..config import ModelConfig
 from ..model.transformer import CausalLM
 from .expert_parallel import ExpertParallelMoE, ep_groups, shard_experts
 from .schedules import build_schedule
-from .weightgrad import WeightGradStore, defer_weight_grads  # noqa: F401  (re-exported)
+from .weightgrad import WeightGradStore, defer_weight_grads
 
 
 class AddAuxLoss(torch.autograd.Function):
