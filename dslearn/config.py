@@ -94,6 +94,7 @@ class ModelConfig:
     capacity_factor: float | None = None  # V2 device-level capacity factor (V2: 1.0); None = never drop
     drop_exempt_fraction: float = 0.0  # share of sequences whose tokens are never dropped (V2: ~0.1)
     moe_impl: str = "grouped"  # routed-expert dispatch: "grouped" (fast) or "loop" (reference)
+    mla_impl: str = "naive"  # MLA computation: "naive" (re-expand K/V) or "absorbed" (attend over latents)
     # --- multi-token prediction --------------------------------------------------------
     num_nextn_predict_layers: int = 0  # D, MTP depth (V3 §2.2); 0 = none
     # --- numerics and init -------------------------------------------------------------
@@ -101,6 +102,7 @@ class ModelConfig:
     initializer_range: float = 0.02  # std of the normal initialisation
     tie_word_embeddings: bool = False  # DeepSeek keeps input and output embeddings separate
     linear_impl: str = "torch"  # "torch" or "fp8" (V3 §3.3, built in chapter 05)
+    fp8_backend: str = "auto"  # where FP8 GEMMs run: "auto", "torch", "triton", "interpret"
     extra: dict = field(default_factory=dict)  # free-form notes carried with checkpoints
 
     def __post_init__(self) -> None:

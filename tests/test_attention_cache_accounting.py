@@ -7,7 +7,6 @@ import pytest
 import torch
 from attention_helpers import perturbed_model
 
-from dslearn.attention import set_mla_path
 from dslearn.attention.adaptive_cache import AdaptiveLatentCache, apply_adaptive_cache
 from dslearn.attention.cache_accounting import (
     attention_variants,
@@ -20,7 +19,7 @@ from dslearn.attention.cache_accounting import (
     variant_name,
 )
 from dslearn.config import ModelConfig, get_preset
-from dslearn.model import CausalLM
+from dslearn.model import CausalLM, with_config
 
 pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
@@ -97,8 +96,7 @@ def small_mla(layers=4) -> CausalLM:
 
 @pytest.mark.parametrize("path", ["naive", "absorbed"])
 def test_adaptive_cache_decode_equals_masked_forward_and_saves_what_accounting_says(path):
-    model = small_mla()
-    set_mla_path(model, path)
+    model = with_config(small_mla(), mla_impl=path)
     ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         full = model(ids).logits

@@ -11,10 +11,9 @@ import pytest
 import torch
 from attention_helpers import perturbed_model
 
-from dslearn.attention import set_mla_path
 from dslearn.attention.yarn import parse_rope_scaling, yarn_get_mscale, yarn_inv_freq
 from dslearn.config import ModelConfig
-from dslearn.model import CausalLM
+from dslearn.model import CausalLM, with_config
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed: the DeepseekV3 reference comparison needs it "
@@ -60,9 +59,8 @@ def hf_config(cfg: ModelConfig):
 @pytest.mark.parametrize("path", ["naive", "absorbed"])
 def test_attention_module_matches_hf(q_lora_rank, path):
     cfg = ours(q_lora_rank)
-    model = perturbed_model(cfg, seed=3)
+    model = with_config(perturbed_model(cfg, seed=3), mla_impl=path)
     attn = model.model.layers[0].self_attn
-    set_mla_path(model, path)
     ref = DeepseekV3Attention(hf_config(cfg), layer_idx=0).eval()
     ref.load_state_dict(attn.state_dict(), strict=True)  # same names, same shapes: no renaming
     x = torch.randn(2, 50, cfg.hidden_size, generator=torch.Generator().manual_seed(0))
@@ -80,8 +78,7 @@ def test_attention_module_matches_hf(q_lora_rank, path):
 def test_whole_model_logits_match_hf(rope_scaling, path):
     """Beyond the 32-token 'original' context, so YaRN's frequencies and mscale² both matter."""
     cfg = ours(rope_scaling=rope_scaling)
-    model = perturbed_model(cfg, seed=3)
-    set_mla_path(model, path)
+    model = with_config(perturbed_model(cfg, seed=3), mla_impl=path)
     ref = DeepseekV3ForCausalLM(hf_config(cfg)).eval()
     result = ref.load_state_dict(model.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys

@@ -11,7 +11,7 @@ import pytest
 import torch
 from attention_helpers import perturbed_model
 
-from dslearn.attention import LatentKVCache, MultiHeadLatentAttention, build_attention, set_mla_path
+from dslearn.attention import LatentKVCache, MultiHeadLatentAttention
 from dslearn.attention.cache_accounting import (
     attention_variants,
     elements_per_token_per_layer,
@@ -19,8 +19,8 @@ from dslearn.attention.cache_accounting import (
 )
 from dslearn.config import ConfigError, ModelConfig
 from dslearn.generate import generate
-from dslearn.model import CausalLM
-from dslearn.model.layers import apply_rotary
+from dslearn.layers import apply_rotary
+from dslearn.model import CausalLM, choose_parts, with_config
 
 pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
@@ -61,10 +61,9 @@ def test_naive_equals_absorbed_prefill_and_decode(overrides):
     ids = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full_naive = model(ids).logits
-        set_mla_path(model, "absorbed")
-        full_absorbed = model(ids).logits
-        step_absorbed, _ = decode_stepwise(model, ids, prefill=7)
-        set_mla_path(model, "naive")
+        absorbed = with_config(model, mla_impl="absorbed")
+        full_absorbed = absorbed(ids).logits
+        step_absorbed, _ = decode_stepwise(absorbed, ids, prefill=7)
         step_naive, _ = decode_stepwise(model, ids, prefill=7)
     assert full_naive.abs().max() > 0.5  # the comparison is not between near-zero logits
     torch.testing.assert_close(full_absorbed, full_naive, **TOL)
@@ -78,11 +77,10 @@ def test_absorbed_path_trains_like_naive():
     ids = torch.randint(0, 256, (2, 33), generator=torch.Generator().manual_seed(2))
     grads = {}
     for path in ("naive", "absorbed"):
-        set_mla_path(model, path)
-        model.zero_grad()
-        loss = model(ids[:, :-1], ids[:, 1:]).loss
+        m = with_config(model, mla_impl=path)
+        loss = m(ids[:, :-1], ids[:, 1:]).loss
         loss.backward()
-        grads[path] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+        grads[path] = (loss.detach(), [p.grad.clone() for p in m.parameters()])
     torch.testing.assert_close(grads["absorbed"][0], grads["naive"][0], **TOL)
     for a, b in zip(grads["absorbed"][1], grads["naive"][1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
@@ -130,7 +128,7 @@ def test_every_variant_cached_decode_equals_uncached_forward(variant):
     cfg = attention_variants(base, gqa_groups=2)[variant.split("-")[0]]
     model = perturbed_model(cfg)
     if variant == "MLA-absorbed":
-        set_mla_path(model, "absorbed")
+        model = with_config(model, mla_impl="absorbed")
     ids = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full = model(ids).logits
@@ -142,8 +140,7 @@ def test_every_variant_cached_decode_equals_uncached_forward(variant):
 
 @pytest.mark.parametrize("path", ["naive", "absorbed"])
 def test_mla_generation_cached_equals_uncached(path):
-    model = perturbed_model(mla_config())
-    set_mla_path(model, path)
+    model = with_config(perturbed_model(mla_config()), mla_impl=path)
     prompts = [[5, 6, 7, 8, 9, 10], [40, 41], [100, 101, 102]]  # different lengths: left padding
     kw = dict(max_new_tokens=12, temperature=0.8, top_k=50)
     a = generate(model, prompts, use_cache=True, generator=torch.Generator().manual_seed(4), **kw)
@@ -153,8 +150,7 @@ def test_mla_generation_cached_equals_uncached(path):
 
 
 def test_padded_rows_compute_what_they_compute_alone():
-    model = perturbed_model(mla_config())
-    set_mla_path(model, "absorbed")
+    model = perturbed_model(mla_config(mla_impl="absorbed"))
     ids = torch.randint(1, 256, (1, 9))
     padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), ids], 1)
     mask = torch.cat([torch.zeros(1, 4), torch.ones(1, 9)], 1)
@@ -164,16 +160,14 @@ def test_padded_rows_compute_what_they_compute_alone():
     torch.testing.assert_close(with_pad, alone, **TOL)
 
 
-def test_build_attention_registry_and_path_switch():
+def test_the_config_chooses_attention_and_mla_path():
     cfg = mla_config()
-    attn = build_attention(cfg, 0, torch.nn.Linear)
+    attn = choose_parts(cfg).attention(cfg, 0)
     assert isinstance(attn, MultiHeadLatentAttention) and attn.rope_dim == cfg.qk_rope_head_dim
     assert attn.path == "naive"
-    model = CausalLM(cfg)
-    assert set_mla_path(model, "absorbed") == cfg.num_hidden_layers
+    model = with_config(CausalLM(cfg), mla_impl="absorbed")
+    assert [layer.self_attn.path for layer in model.model.layers] == ["absorbed"] * cfg.num_hidden_layers
     assert model.rotary.inv_freq.numel() == cfg.qk_rope_head_dim // 2  # RoPE tables sized for d_h^R
-    with pytest.raises(ValueError, match="MLA path must be one of"):
-        set_mla_path(model, "fast")
     with pytest.raises(ValueError, match="MLA path must be one of"):
         attn.path = "fused"
 

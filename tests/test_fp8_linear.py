@@ -16,7 +16,7 @@ from torch import nn
 from dslearn.config import ModelConfig
 from dslearn.fp8 import reference as ref
 from dslearn.fp8.linear import FP8Linear, fp8_linear
-from dslearn.model.transformer import CausalLM, make_linear
+from dslearn.model import LINEARS, CausalLM
 from dslearn.train import TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
@@ -104,7 +104,7 @@ def test_bf16_autocast_inputs():
 def test_model_switch_puts_fp8_in_every_projection_but_the_head(text_streams):
     cfg = ModelConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                       num_attention_heads=2, max_position_embeddings=64, linear_impl="fp8")
-    assert make_linear(cfg) is FP8Linear
+    assert LINEARS[cfg.linear_impl] is FP8Linear
     model = CausalLM(cfg, seed=0)
     kinds = {name: type(m) for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     assert kinds.pop("lm_head") is nn.Linear  # output head stays in full precision (as in DeepSeek-V3)

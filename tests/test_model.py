@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from dslearn.model import CausalLM, apply_rotary
+from dslearn.layers import apply_rotary
+from dslearn.model import CausalLM
 
 
 def test_shapes_and_initial_loss(tiny_config):

@@ -100,7 +100,7 @@ def test_fine_grained_segmentation_keeps_parameters_and_multiplies_combinations(
 
 def test_fallback_without_grouped_mm_gives_the_same(monkeypatch):
     """Older torch has no F.grouped_mm: the same sorted layout then runs slice by slice."""
-    from dslearn.moe import dispatch
+    from dslearn.layers import grouped
 
     g = torch.Generator().manual_seed(7)
     x, w = torch.randn(30, 16, generator=g), torch.rand(30, 3, generator=g)
@@ -108,7 +108,7 @@ def test_fallback_without_grouped_mm_gives_the_same(monkeypatch):
     gu, dn = torch.randn(8, 16, 16, generator=g) / 4, torch.randn(8, 16, 8, generator=g) / 3
     g_out = torch.randn(30, 16, generator=g)
     fast = _grads(grouped_dispatch, x, idx, w, gu, dn, None, g_out)
-    monkeypatch.setattr(dispatch, "HAS_GROUPED_MM", False)
+    monkeypatch.setattr(grouped, "HAS_GROUPED_MM", False)
     slow = _grads(grouped_dispatch, x, idx, w, gu, dn, None, g_out)
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, **TOL)

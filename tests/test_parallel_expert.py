@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from dslearn.config import ModelConfig
+from dslearn.layers import WeightGradStore, expert_matmul
+from dslearn.model import CausalLM, choose_parts
 from dslearn.moe.layer import DeepSeekMoE
-from dslearn.parallel.expert_parallel import EPComm, ExpertParallelMoE, shard_experts
+from dslearn.parallel.expert_parallel import EPComm, ExpertParallelExperts, expert_parallel
 from dslearn.parallel.launcher import WorkerError
 from dslearn.parallel.runtime import AddAuxLoss, reference_step, run_pipeline, run_pipelines
-from dslearn.parallel.weightgrad import WeightGradStore, expert_matmul
 
 pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
@@ -74,8 +75,8 @@ def test_layer_at_ep1_equals_deepseek_moe_with_b_and_w_split():
     y_ref = ref(x)
     y_ref.square().sum().backward()
     store = WeightGradStore()
-    ep = ExpertParallelMoE(DeepSeekMoE(cfg), EPComm(), store)  # same seed: same weights
-    ep.load_state_dict(ref.state_dict(), strict=False)
+    ep = DeepSeekMoE(cfg, experts=expert_parallel(EPComm(), store))
+    ep.load_state_dict(ref.state_dict())  # at EP = 1 the one shard is every expert: same names, same shapes
     x2 = x.detach().clone().requires_grad_(True)
     y = ep(x2)
     torch.testing.assert_close(y, y_ref, atol=1e-6, rtol=1e-5)
@@ -120,12 +121,12 @@ def test_add_aux_loss_passes_x_through_and_gives_the_loss_gradient_one():
 
 def test_expert_parallel_refuses_what_it_cannot_check():
     with pytest.raises(ValueError, match="capacity_factor must be None"):
-        ExpertParallelMoE(DeepSeekMoE(_moe_config(capacity_factor=1.0)), EPComm())
+        ExpertParallelExperts(_moe_config(capacity_factor=1.0), EPComm())
     with pytest.raises(ValueError, match="n_routed_experts=8 cannot be split evenly over 3"):
-        ExpertParallelMoE(DeepSeekMoE(_moe_config()), EPComm(size=3))
-    from dslearn.model.transformer import CausalLM
-
-    assert shard_experts(CausalLM(_moe_config()), EPComm()) == 3  # layers 1..3; layer 0 is dense
+        ExpertParallelExperts(_moe_config(), EPComm(size=3))
+    cfg = _moe_config()
+    model = CausalLM(cfg, parts=choose_parts(cfg, routed_experts=expert_parallel(EPComm())))
+    assert sum(isinstance(m, ExpertParallelExperts) for m in model.modules()) == 3  # layers 1..3; layer 0 is dense
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -8,28 +8,18 @@ so the decoder layer, generation and the trainer never need to know which one th
 
     "mha"  MultiHeadAttention         MHA, GQA, MQA (num_key_value_heads)   cache: KVCache
     "mla"  MultiHeadLatentAttention   MLA, naive or absorbed (chapter 02)  cache: LatentKVCache
+
+``ATTENTION_CLASSES`` maps ``ModelConfig.attention_type`` to the class; the model's assembler
+(``dslearn.model.parts``) is the one place that reads it.
 """
 
 from __future__ import annotations
 
-from ..config import ConfigError
 from .mha import KVCache, MultiHeadAttention
-from .mla import LatentKVCache, MultiHeadLatentAttention, set_mla_path
+from .mla import MLA_PATHS, LatentKVCache, MultiHeadLatentAttention
 from .yarn import build_rotary
 
-ATTENTION_CLASSES = {"mha": MultiHeadAttention, "mla": MultiHeadLatentAttention}
+ATTENTION_CLASSES = {"mha": MultiHeadAttention, "mla": MultiHeadLatentAttention}  # ModelConfig.attention_type
 
-
-def build_attention(config, layer_idx: int, linear):
-    try:
-        cls = ATTENTION_CLASSES[config.attention_type]
-    except KeyError:
-        raise ConfigError(
-            f"attention_type={config.attention_type!r} has no trainable implementation in this "
-            f"version of dslearn (available: {sorted(ATTENTION_CLASSES)})"
-        ) from None
-    return cls(config, layer_idx, linear=linear)
-
-
-__all__ = ["ATTENTION_CLASSES", "KVCache", "LatentKVCache", "MultiHeadAttention", "MultiHeadLatentAttention",
-           "build_attention", "build_rotary", "set_mla_path"]
+__all__ = ["ATTENTION_CLASSES", "MLA_PATHS", "KVCache", "LatentKVCache", "MultiHeadAttention",
+           "MultiHeadLatentAttention", "build_rotary"]

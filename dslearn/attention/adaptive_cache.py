@@ -20,6 +20,8 @@ measured from tensors, not computed.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -68,6 +70,12 @@ def apply_adaptive_cache(model: nn.Module, first_layer: int, window: int | None)
     pruned = []
     for m in layers:
         m.window = window if (window is not None and m.layer_idx >= first_layer) else None
+        m.cache_factory = None
         if m.window is not None:
+            m.cache_factory = functools.partial(_evicting_cache, m)
             pruned.append(m.layer_idx)
     return pruned
+
+
+def _evicting_cache(m: MultiHeadLatentAttention, batch: int, max_len: int, dtype, device) -> AdaptiveLatentCache:
+    return AdaptiveLatentCache(batch, m.window, m.kv_lora_rank, m.rope_head_dim, dtype, device)

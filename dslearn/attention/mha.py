@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.layers import apply_rotary
+from ..layers import apply_rotary
 
 
 class KVCache:

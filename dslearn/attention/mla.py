@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.layers import RMSNorm, apply_rotary
+from ..layers import RMSNorm, apply_rotary
 from .yarn import softmax_scale
 
 MLA_PATHS = ("naive", "absorbed")
@@ -77,13 +77,16 @@ class LatentKVCache:
 
 
 class MultiHeadLatentAttention(nn.Module):
-    """MLA with decoupled RoPE; ``path`` chooses the naive (re-expanding) or absorbed computation.
+    """MLA with decoupled RoPE; ``path`` chooses the naive (re-expanding) or absorbed computation
+    (``ModelConfig.mla_impl`` unless given; the weights are the same, so a model rebuilt with the other
+    ``mla_impl`` loads the same state dict: ``dslearn.model.with_config(model, mla_impl="absorbed")``).
 
-    ``window`` (None by default) is the *layer-wise adaptive cache experiment*, not DeepSeek's method:
-    when set, this layer only sees (and, with ``AdaptiveLatentCache``, only keeps) the ``window`` most
-    recent earlier tokens. See ``dslearn.attention.adaptive_cache``."""
+    ``window`` and ``cache_factory`` (None by default) are set only by the *layer-wise adaptive cache
+    experiment*, not DeepSeek's method: with a window this layer only sees the ``window`` most recent earlier
+    tokens, and ``cache_factory(batch, max_len, dtype, device)`` builds its (evicting) cache. The experiment
+    lives in ``dslearn.attention.adaptive_cache`` and injects both; this module never imports it."""
 
-    def __init__(self, config, layer_idx: int = 0, linear=nn.Linear, path: str = "naive"):
+    def __init__(self, config, layer_idx: int = 0, linear=nn.Linear, path: str | None = None):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_heads = config.num_attention_heads
@@ -95,8 +98,9 @@ class MultiHeadLatentAttention(nn.Module):
         self.qk_dim = self.nope_dim + self.rope_head_dim
         self.interleaved = config.rope_interleave
         self.scale = softmax_scale(config, self.qk_dim)  # 1/√(d_h + d_h^R), × mscale² under YaRN
-        self.path = path
+        self.path = config.mla_impl if path is None else path
         self.window: int | None = None
+        self.cache_factory = None
         d, bias, eps = config.hidden_size, config.attention_bias, config.rms_norm_eps
         if self.q_lora_rank is None:
             self.q_proj = linear(d, self.n_heads * self.qk_dim, bias=False)
@@ -124,10 +128,8 @@ class MultiHeadLatentAttention(nn.Module):
         return self.rope_head_dim
 
     def new_cache(self, batch: int, max_len: int, dtype=torch.float32, device=None):
-        if self.window is not None:
-            from .adaptive_cache import AdaptiveLatentCache  # the experiment's evicting cache
-
-            return AdaptiveLatentCache(batch, self.window, self.kv_lora_rank, self.rope_head_dim, dtype, device)
+        if self.cache_factory is not None:  # injected by the adaptive-cache experiment
+            return self.cache_factory(batch, max_len, dtype, device)
         return LatentKVCache(batch, max_len, self.kv_lora_rank, self.rope_head_dim, dtype, device)
 
     # ------------------------------------------------------------------------------------
@@ -208,14 +210,3 @@ class MultiHeadLatentAttention(nn.Module):
         o_lat = torch.bmm(p.view(B, H * T, S), latent[..., :self.kv_lora_rank]).view(B, H, T, -1)  # (B, n_h, T, d_c)
         y = torch.einsum("bhtc,hvc->bthv", o_lat, w_uv)  # (B, T, n_h, d_h^v): W^UV applied after attention
         return y.reshape(B, T, H * self.v_dim)  # (B, T, n_h·d_h^v)
-
-
-def set_mla_path(model: nn.Module, path: str) -> int:
-    """Switch every MLA layer in ``model`` to the "naive" or "absorbed" path; returns how many.
-    The weights are shared, so switching costs nothing and cached latents stay valid."""
-    if path not in MLA_PATHS:
-        raise ValueError(f"MLA path must be one of {MLA_PATHS}, got {path!r}")
-    layers = [m for m in model.modules() if isinstance(m, MultiHeadLatentAttention)]
-    for m in layers:
-        m.path = path
-    return len(layers)

@@ -36,7 +36,7 @@ import math
 import torch
 
 from ..config import ConfigError
-from ..model.layers import RotaryEmbedding
+from ..layers import RotaryEmbedding
 
 YARN_KEYS = {"type", "rope_type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
              "mscale", "mscale_all_dim"}

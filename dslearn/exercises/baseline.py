@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..data.tokenizer import bits_per_byte
-from ..model.layers import RMSNorm, apply_rotary
+from ..layers import RMSNorm, apply_rotary
 from .core import assert_tensor_close, exercise
 
 

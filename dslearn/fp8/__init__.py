@@ -13,12 +13,12 @@ with FP32 promotion, an FP8 Linear layer — in plain torch, and as Triton kerne
 from .accumulation import accumulation_sweep, limited_precision_matmul
 from .backend import BACKENDS, BackendError, block_gemm, encode, quantize, quantize_act, quantize_weight
 from .formats import FORMATS, FP8Format, decode_fp8_bits, encode_fp8_bits, get_format, to_fp8
-from .linear import FP8Linear, FP8LinearFunction, fp8_linear
+from .linear import FP8Linear, FP8LinearFunction, fp8_expert_linear, fp8_linear
 from .reference import BLOCK, TILE_ACT, TILE_WEIGHT, TILE_WGRAD, dequantize_blocks, fake_quantize, quantize_blocks
 
 __all__ = [
     "BACKENDS", "BLOCK", "FORMATS", "TILE_ACT", "TILE_WEIGHT", "TILE_WGRAD", "BackendError", "FP8Format", "FP8Linear",
     "FP8LinearFunction", "accumulation_sweep", "block_gemm", "decode_fp8_bits", "dequantize_blocks", "encode",
-    "encode_fp8_bits", "fake_quantize", "fp8_linear", "get_format", "limited_precision_matmul", "quantize",
-    "quantize_act", "quantize_blocks", "quantize_weight", "to_fp8",
+    "encode_fp8_bits", "fake_quantize", "fp8_expert_linear", "fp8_linear", "get_format", "limited_precision_matmul",
+    "quantize", "quantize_act", "quantize_blocks", "quantize_weight", "to_fp8",
 ]

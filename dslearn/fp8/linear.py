@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..layers.weightgrad import WeightGradStore, accumulate
 from . import backend as be
 from .reference import TILE_ACT, TILE_WEIGHT
 
@@ -53,7 +54,8 @@ class FP8LinearFunction(torch.autograd.Function):
     """y = x·Wᵀ + b with Fprop, Dgrad and Wgrad as block-scaled FP8 GEMMs."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str):
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: str,
+                store: WeightGradStore | None = None):
         out_dtype = x.dtype if x.dtype.is_floating_point else torch.float32
         x2 = x.reshape(-1, x.shape[-1])  # (T, K)
         # 1. quantise W once, in 128×128 blocks: used by Fprop now and by Dgrad in backward
@@ -64,7 +66,8 @@ class FP8LinearFunction(torch.autograd.Function):
         if bias is not None:
             y = y + bias.float()
         ctx.save_for_backward(x2, w_q, w_s)
-        ctx.has_bias, ctx.backend, ctx.x_shape = bias is not None, backend, x.shape
+        ctx.has_bias, ctx.backend, ctx.x_shape, ctx.store = bias is not None, backend, x.shape, store
+        ctx.weight, ctx.bias = weight, bias  # for a deferred Wgrad (DualPipe's W), which accumulates into them
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         return y.to(out_dtype).reshape(*x.shape[:-1], weight.shape[0])
 
@@ -79,22 +82,45 @@ class FP8LinearFunction(torch.autograd.Function):
             dy_q, dy_s = be.quantize(dy2, TILE_ACT, "e4m3", backend)  # (T, N), (T, ⌈N/128⌉)
             dx = be.block_gemm(dy_q, dy_s, w_q.t(), w_s.t(), backend)  # (T, K) fp32
             dx = dx.to(ctx.dtypes[0]).reshape(ctx.x_shape)
-        if ctx.needs_input_grad[1]:
+        def wgrad():
             # 3b. Wgrad: dyᵀ · x, contracting over tokens: both operands in 1×128 tiles along T,
             #     i.e. dy and x in 128×1 tiles
-            dw = _fp8_matmul(dy2.t(), x2.float().t(), TILE_ACT, backend)  # (N, K) fp32
-            dw = dw.to(ctx.dtypes[1])
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = dy2.sum(0).to(ctx.dtypes[2])
-        return dx, dw, db, None
+            dw = _fp8_matmul(dy2.t(), x2.float().t(), TILE_ACT, backend).to(ctx.dtypes[1])  # (N, K)
+            db = dy2.sum(0).to(ctx.dtypes[2]) if ctx.has_bias else None
+            return dw, db
+
+        if ctx.store is not None and ctx.store.deferring:  # DualPipe's W: computed later, into .grad
+            weight, bias = ctx.weight, ctx.bias
+
+            def deferred():
+                dw, db = wgrad()
+                accumulate(weight, dw)
+                if db is not None:
+                    accumulate(bias, db)
+
+            ctx.store.queue.append(deferred)
+            return dx, None, None, None, None
+        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            dw, db = wgrad()
+            dw = dw if ctx.needs_input_grad[1] else None
+            db = db if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db, None, None
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-               backend: str = "auto") -> torch.Tensor:
-    """Functional form: x (..., K), weight (N, K), bias (N,) → (..., N), all three GEMMs in FP8."""
+               backend: str = "auto", store: WeightGradStore | None = None) -> torch.Tensor:
+    """Functional form: x (..., K), weight (N, K), bias (N,) → (..., N), all three GEMMs in FP8.
+    With a deferring ``store`` the Wgrad GEMM is queued for DualPipe's W (layers/weightgrad.py)."""
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x has {x.shape[-1]} features but weight is {tuple(weight.shape)} (N, K)")
-    return FP8LinearFunction.apply(x, weight, bias, backend)
+    return FP8LinearFunction.apply(x, weight, bias, backend, store)
+
+
+def fp8_expert_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Routed experts in FP8: rows of x (A, K) sorted by expert, each block times w[e]ᵀ (E, N, K) → (A, N), every
+    expert's three GEMMs in FP8 (the drop-in for ``layers.grouped.expert_linear``; one FP8 GEMM per expert)."""
+    blocks = x.split(counts.tolist())
+    return torch.cat([fp8_linear(xe, w[e], None, backend) for e, xe in enumerate(blocks)])  # (A, N)
 
 
 class FP8Linear(nn.Linear):
@@ -104,14 +130,14 @@ class FP8Linear(nn.Linear):
     Any in/out size works (non-multiples of 128 are zero-padded); multiples of 128 waste nothing."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 backend: str = "auto"):
+                 backend: str = "auto", store: WeightGradStore | None = None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         if backend not in be.BACKENDS:
             raise ValueError(f"backend must be one of {be.BACKENDS}, got {backend!r}")
-        self.backend = backend
+        self.backend, self.store = backend, store
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp8_linear(x, self.weight, self.bias, self.backend)
+        return fp8_linear(x, self.weight, self.bias, self.backend, self.store)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", fp8=e4m3, backend={self.backend}"

@@ -1,9 +1,9 @@
-"""The DeepSeek-LLM baseline model and its building blocks."""
+"""The assembler: one decoder-only model built from the config's choices (parts.py) — see docs/architecture.md."""
 
-from .layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary
-from .transformer import CausalLM, DecoderLayer, DecodeState, ModelOutput, build_ffn, make_linear
+from .parts import LINEARS, Parts, choose_parts
+from .transformer import CausalLM, DecoderLayer, DecodeState, Inputs, ModelOutput, with_config
 
 __all__ = [
-    "CausalLM", "DecodeState", "DecoderLayer", "ModelOutput", "RMSNorm", "RotaryEmbedding",
-    "SwiGLU", "apply_rotary", "build_ffn", "make_linear",
+    "LINEARS", "CausalLM", "DecodeState", "DecoderLayer", "Inputs", "ModelOutput", "Parts", "choose_parts",
+    "with_config",
 ]

@@ -1,15 +1,27 @@
-"""The DeepSeek-LLM baseline: a pre-norm decoder-only transformer (DeepSeek-LLM §2.2).
+"""The assembler: one decoder-only transformer for every model of the course (DeepSeek-LLM §2.2, V2, V3).
 
     h_0 = Emb(tokens)
-    for each layer l:   u = h + Attn(RMSNorm(h))          (MHA/GQA here; MLA in chapter 02)
-                        h = u + FFN(RMSNorm(u))           (SwiGLU here; DeepSeekMoE in chapters 03–04)
+    for each layer l:   u = h + Attn(RMSNorm(h))          (MHA/GQA, or MLA: chapter 02)
+                        h = u + FFN(RMSNorm(u))           (SwiGLU, or DeepSeekMoE: chapters 03–04)
     logits = W_out · RMSNorm(h_L)
 
-The attention and the feed-forward are built by factories from the config
-(``build_attention``, ``build_ffn``), so later chapters swap them in without copying this file.
+Which attention, FFN, Linear, rotary tables and expert dispatch go in is decided by ``parts.choose_parts``
+from the config — the one place every implementation choice is made. The forward pass is four named
+pieces that the pipeline runtime (``parallel/stages.py``) reuses:
+
+    prepare(B, T, …)       positions → RoPE tables, the attention mask, the cache offset   → Inputs
+    backbone(h, inputs)    the decoder layers (writing the KV/latent caches when decoding)
+    head(h)                final RMSNorm and the output projection                         → logits
+    auxiliary()            every auxiliary loss of this forward, collected from the modules that own it
+
+Auxiliary losses (MoE balance losses now; multi-token prediction next) are not special-cased here: a module
+class that owns one defines ``collect_auxiliary(instances) -> (loss | None, metrics)`` as a staticmethod, and
+``auxiliary()`` calls it once per such class with that class's modules in order. The training loss is the
+cross-entropy (``layers.cross_entropy``, the one CE of the package) plus their sum.
+
 Module names follow Hugging Face (``model.embed_tokens``, ``model.layers.{i}.self_attn.q_proj``,
-``input_layernorm``, ``mlp.gate_proj``, ``model.norm``, ``lm_head``): the state dict loads
-into ``transformers.LlamaForCausalLM`` as is, which is how the tests check this model.
+``input_layernorm``, ``mlp.gate_proj``, ``model.norm``, ``lm_head``): ``dslearn.export`` writes a model that
+``transformers`` loads as Llama (dense MHA) or DeepseekV3 (MLA/MoE), and the tests compare logits.
 
 Padding and caching: a batch of prompts of different lengths is *left*-padded. ``attention_mask``
 (B, T) marks real tokens; positions count real tokens only, so a padded row computes exactly
@@ -22,39 +34,29 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .. import attention  # a module reference: dslearn.attention imports model.layers, so no names at import time
 from ..config import ConfigError, ModelConfig
-from .layers import RMSNorm, SwiGLU
-
-
-def make_linear(config: ModelConfig):
-    """The Linear class the model's projections use (``config.linear_impl``): ``nn.Linear``, or
-    ``FP8Linear`` (chapter 05: Fprop, Dgrad and Wgrad in FP8, DeepSeek-V3 §3.3). The output head
-    ``lm_head`` and the embedding stay in full precision either way, as in DeepSeek-V3."""
-    if config.linear_impl == "torch":
-        return nn.Linear
-    if config.linear_impl == "fp8":
-        from ..fp8.linear import FP8Linear
-        return FP8Linear
-    raise ConfigError(f"linear_impl={config.linear_impl!r} has no implementation in this version of dslearn")
-
-
-def build_ffn(config: ModelConfig, layer_idx: int, linear) -> nn.Module:
-    """Dense SwiGLU, or DeepSeekMoE for layers past ``first_k_dense_replace`` in MoE configs."""
-    if config.is_moe_layer(layer_idx):
-        from ..moe import DeepSeekMoE  # chapters 03–04; imported here because dslearn.moe imports model.layers
-        return DeepSeekMoE(config, layer_idx, linear=linear)
-    return SwiGLU(config.hidden_size, config.intermediate_size, linear=linear)
+from ..layers import RMSNorm, cross_entropy
+from .parts import Parts, choose_parts
 
 
 @dataclass
 class ModelOutput:
     logits: torch.Tensor  # (B, T, V), or (B, 1, V) with last_only=True
-    loss: torch.Tensor | None = None  # mean next-token cross-entropy in nats (fp32)
-    metrics: dict = field(default_factory=dict)  # extra scalars for the trainer's log
+    loss: torch.Tensor | None = None  # with targets: mean next-token cross-entropy in nats (fp32) + aux_loss
+    metrics: dict = field(default_factory=dict)  # extra scalars for the trainer's log ("ce_loss", "moe/…")
+    aux_loss: torch.Tensor | None = None  # the sum of this forward's auxiliary losses (training mode), or None
+
+
+@dataclass
+class Inputs:
+    """What every decoder layer needs besides the hidden states (``CausalLM.prepare``)."""
+
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin (B, T, rope_dim/2)
+    attn_mask: torch.Tensor | None  # (B, 1, T, start+T) bool, or None for plain causal attention
+    start: int = 0  # absolute position of the first query (the cache's filled length)
+    valid: torch.Tensor | None = None  # (B, T) bool real tokens, when padding or a cache is involved
 
 
 class DecodeState:
@@ -82,13 +84,12 @@ class DecodeState:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int):
+    def __init__(self, config: ModelConfig, layer_idx: int, parts: Parts):
         super().__init__()
-        linear = make_linear(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = attention.build_attention(config, layer_idx, linear)
+        self.self_attn = parts.attention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = build_ffn(config, layer_idx, linear)
+        self.mlp = parts.ffn(config, layer_idx)
 
     def forward(self, h, rope, attn_mask=None, cache=None, start=0):
         u = h + self.self_attn(self.input_layernorm(h), rope, attn_mask, cache, start)  # (B, T, d)
@@ -98,28 +99,34 @@ class DecoderLayer(nn.Module):
 class Backbone(nn.Module):
     """Embedding, the stack of decoder layers, and the final norm (HF's ``model.`` prefix)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, parts: Parts):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i, parts) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
 class CausalLM(nn.Module):
-    """The baseline language model. ``forward(input_ids, targets)`` → ModelOutput.
+    """The language model. ``forward(input_ids, targets)`` → ModelOutput.
 
-    Initialisation draws from its own generator seeded by ``seed``: the same config and seed give
-    the same weights, whatever else has used torch's global RNG."""
+    ``parts`` (default ``choose_parts(config)``) holds every implementation it is built from. Initialisation
+    draws from its own generator seeded by ``seed``: the same config and seed give the same weights, whatever
+    else has used torch's global RNG (and whatever ``parts`` — the parameter shapes are the config's)."""
 
-    def __init__(self, config: ModelConfig, seed: int = 0):
+    def __init__(self, config: ModelConfig, seed: int = 0, parts: Parts | None = None):
         super().__init__()
+        if config.num_nextn_predict_layers:
+            raise ConfigError(f"num_nextn_predict_layers={config.num_nextn_predict_layers}: multi-token prediction "
+                              "(V3 §2.2) is not built yet in this version of dslearn; use 0 (the paper presets keep "
+                              "it for accounting only)")
+        parts = parts or choose_parts(config)
         self.config = config
-        self.model = Backbone(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.model = Backbone(config, parts)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)  # full precision, as in V3
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         rope_dim = self.model.layers[0].self_attn.rope_dim
-        self.rotary = attention.build_rotary(config, rope_dim)  # plain RoPE, or YaRN when config.rope_scaling is set
+        self.rotary = parts.rotary(config, rope_dim)  # plain RoPE, or YaRN when config.rope_scaling is set
         self.reset_parameters(torch.Generator().manual_seed(seed))
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -152,6 +159,60 @@ class CausalLM(nn.Module):
         caches = [layer.self_attn.new_cache(batch, max_len, dtype, device) for layer in self.model.layers]
         return DecodeState(caches, batch, max_len, device)
 
+    # ------------------------------------------------------------------------------------
+    def prepare(self, B: int, T: int, device, attention_mask: torch.Tensor | None = None,
+                state: DecodeState | None = None) -> Inputs:
+        """1. Positions (RoPE tables), the attention mask and the cache offset for a (B, T) chunk."""
+        start = state.length if state is not None else 0
+        if state is None and T > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {T} tokens exceeds max_position_embeddings={self.config.max_position_embeddings}"
+            )
+        if attention_mask is None and state is None:
+            positions = torch.arange(T, device=device).expand(B, T)
+            return Inputs(self.rotary(positions), None)  # plain causal attention: the fast path
+        valid = (torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None
+                 else attention_mask.to(torch.bool))
+        if state is not None:
+            if start + T > state.max_len:
+                raise ValueError(f"decode state holds {state.max_len} positions; {start + T} needed")
+            state.key_valid[:, start:start + T] = valid
+            key_valid = state.key_valid[:, :start + T]  # (B, Tk)
+            base = state.next_pos
+        else:
+            key_valid, base = valid, torch.zeros(B, dtype=torch.long, device=device)
+        positions = (base[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+        return Inputs(self.rotary(positions), _padded_causal_mask(key_valid, start, T), start, valid)
+
+    def backbone(self, h: torch.Tensor, inputs: Inputs, state: DecodeState | None = None) -> torch.Tensor:
+        """2. The decoder layers on hidden states h (B, T, d); with ``state``, their caches are written."""
+        caches = state.caches if state is not None else [None] * len(self.model.layers)
+        for layer, cache in zip(self.model.layers, caches):
+            h = layer(h, inputs.rope, inputs.attn_mask, cache, inputs.start)  # (B, T, d)
+        if state is not None:
+            state.length = inputs.start + h.shape[1]
+            state.next_pos = state.next_pos + inputs.valid.long().sum(1)
+        return h
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """3. Final RMSNorm and the output projection: (B, T, d) → logits (B, T, V)."""
+        return self.lm_head(self.model.norm(h))
+
+    def auxiliary(self) -> tuple[torch.Tensor | None, dict]:
+        """4. The auxiliary losses of the last forward and their metrics, from every module class that
+        defines ``collect_auxiliary`` (DeepSeekMoE's balance losses today), summed."""
+        owners: dict[type, list[nn.Module]] = {}
+        for m in self.modules():
+            if m is not self and hasattr(type(m), "collect_auxiliary"):
+                owners.setdefault(type(m), []).append(m)
+        total, metrics = None, {}
+        for cls, members in owners.items():
+            loss, m = cls.collect_auxiliary(members)
+            metrics.update(m)
+            if loss is not None:
+                total = loss if total is None else total + loss
+        return total, metrics
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -166,54 +227,30 @@ class CausalLM(nn.Module):
         B, T = input_ids.shape
         if input_ids.dtype != torch.long:
             raise TypeError(f"input_ids must be int64 token ids, got {input_ids.dtype}")
-        start = state.length if state is not None else 0
-        if state is None and T > self.config.max_position_embeddings:
-            raise ValueError(
-                f"sequence of {T} tokens exceeds max_position_embeddings={self.config.max_position_embeddings}"
-            )
-        # 1. positions and the attention mask
-        if attention_mask is None and state is None:
-            positions = torch.arange(T, device=input_ids.device).expand(B, T)
-            attn_mask = None  # plain causal attention: the fast path
-        else:
-            valid = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
-                     else attention_mask.to(torch.bool))
-            if state is not None:
-                if start + T > state.max_len:
-                    raise ValueError(f"decode state holds {state.max_len} positions; {start + T} needed")
-                state.key_valid[:, start:start + T] = valid
-                key_valid = state.key_valid[:, :start + T]  # (B, Tk)
-                base = state.next_pos
-            else:
-                key_valid, base = valid, torch.zeros(B, dtype=torch.long, device=input_ids.device)
-            positions = (base[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
-            attn_mask = _padded_causal_mask(key_valid, start, T)  # (B, 1, T, Tk)
-        rope = self.rotary(positions)
-        # 2. the decoder stack
-        h = self.model.embed_tokens(input_ids)  # (B, T, d)
-        caches = state.caches if state is not None else [None] * len(self.model.layers)
-        for layer, cache in zip(self.model.layers, caches):
-            h = layer(h, rope, attn_mask, cache, start)
-        if state is not None:
-            state.length = start + T
-            state.next_pos = state.next_pos + valid.long().sum(1)
-        # 3. output head and loss
-        h = self.model.norm(h[:, -1:] if last_only else h)
-        logits = self.lm_head(h)  # (B, T, V)
+        if targets is not None and last_only:
+            raise ValueError("targets need logits at every position; do not pass last_only=True")
+        inputs = self.prepare(B, T, input_ids.device, attention_mask, state)
+        h = self.backbone(self.model.embed_tokens(input_ids), inputs, state)  # (B, T, d)
+        logits = self.head(h[:, -1:] if last_only else h)  # (B, T, V)
+        aux, metrics = self.auxiliary()
         loss = None
         if targets is not None:
-            if last_only:
-                raise ValueError("targets need logits at every position; do not pass last_only=True")
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        metrics = {}
-        if self.config.is_moe:  # DeepSeekMoE: add the balance losses (training only) and log load metrics
-            from ..moe import collect_moe
-            aux, metrics = collect_moe(layer.mlp for layer in self.model.layers)
-            if loss is not None:
+            loss = cross_entropy(logits, targets)
+            if metrics:
                 metrics["ce_loss"] = float(loss.detach())
-                if aux is not None:
-                    loss = loss + aux
-        return ModelOutput(logits=logits, loss=loss, metrics=metrics)
+            if aux is not None:
+                loss = loss + aux
+        return ModelOutput(logits=logits, loss=loss, metrics=metrics, aux_loss=aux)
+
+
+def with_config(model: CausalLM, **changes) -> CausalLM:
+    """A new model built from ``model.config.replace(**changes)`` holding a copy of ``model``'s weights — how an
+    implementation is switched (e.g. ``mla_impl="absorbed"`` for decoding, ``moe_impl="loop"`` for a reference
+    run): through the config, never by patching a built model. The changes must keep every parameter's shape."""
+    p = next(model.parameters())
+    twin = CausalLM(model.config.replace(**changes)).to(device=p.device, dtype=p.dtype)
+    twin.load_state_dict(model.state_dict())
+    return twin.train(model.training)
 
 
 def _padded_causal_mask(key_valid: torch.Tensor, start: int, T: int) -> torch.Tensor:

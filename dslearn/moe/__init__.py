@@ -7,7 +7,7 @@
     experts.py    fine-grained routed experts + shared experts, Hugging Face layouts and rename table
     losses.py     V2's expert/device/communication balance losses, V3's sequence-wise loss
     balance.py    V3's aux-loss-free bias update, V2's token dropping, load metrics (MaxVio, …)
-    layer.py      DeepSeekMoE, the layer ``build_ffn`` puts into MoE configs
+    layer.py      DeepSeekMoE, the layer the assembler (model/parts.py) puts into MoE configs
 """
 
 from .balance import (

@@ -29,29 +29,54 @@ between the two (the rename table is ``PER_EXPERT_NAMES``).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
 import torch
 from torch import nn
 
-from .dispatch import DISPATCH
+from ..config import ModelConfig
+from ..fp8.linear import fp8_expert_linear, fp8_linear
+from ..layers.weightgrad import WeightGradStore, expert_matmul
+from .dispatch import DISPATCH, grouped_dispatch, loop_dispatch
 
 PER_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")  # experts.{i}.<name>.weight
 
 
-class RoutedExperts(nn.Module):
-    """N_r SwiGLU experts stored as two 3-D tensors, run by a dispatch function."""
+def expert_dispatch(config: ModelConfig, store: WeightGradStore | None = None):
+    """The dispatch function ``config`` asks for: ``moe_impl`` ("grouped" or "loop", ``DISPATCH``) with the
+    matrix products of ``linear_impl`` ("torch", or "fp8": every expert's GEMMs in FP8 on ``fp8_backend``).
+    With ``store`` (the pipeline runtime's B/W split) the grouped torch path defers its weight gradients;
+    FP8 experts compute theirs in B."""
+    dispatch = DISPATCH[config.moe_impl]
+    if config.linear_impl == "fp8":
+        backend = config.fp8_backend
+        if dispatch is grouped_dispatch:
+            return functools.partial(grouped_dispatch, matmul=functools.partial(fp8_expert_linear, backend=backend))
+        return functools.partial(loop_dispatch, linear=functools.partial(fp8_linear, backend=backend))
+    if store is not None and dispatch is grouped_dispatch:
+        return functools.partial(grouped_dispatch, matmul=functools.partial(expert_matmul, store=store))
+    return dispatch
 
-    def __init__(self, n_experts: int, hidden_size: int, intermediate_size: int, impl: str = "grouped"):
+
+class RoutedExperts(nn.Module):
+    """N_r SwiGLU experts stored as two 3-D tensors, run by a dispatch function (``expert_dispatch``)."""
+
+    def __init__(self, n_experts: int, hidden_size: int, intermediate_size: int, dispatch=grouped_dispatch):
         super().__init__()
-        self.impl = impl
+        self.dispatch = dispatch
         self.gate_up_proj = nn.Parameter(torch.empty(n_experts, 2 * intermediate_size, hidden_size))  # (E, 2I, d)
         self.down_proj = nn.Parameter(torch.empty(n_experts, hidden_size, intermediate_size))  # (E, d, I)
 
+    @classmethod
+    def from_config(cls, config: ModelConfig, store: WeightGradStore | None = None) -> RoutedExperts:
+        return cls(config.n_routed_experts, config.hidden_size, config.moe_intermediate_size,
+                   expert_dispatch(config, store))
+
     def forward(self, x, topk_idx, topk_weight, keep=None):
         """x (N, d), topk_idx/topk_weight (N, K), keep (N, K) bool or None → (N, d)."""
-        return DISPATCH[self.impl](x, topk_idx, topk_weight, self.gate_up_proj, self.down_proj, keep)
+        return self.dispatch(x, topk_idx, topk_weight, self.gate_up_proj, self.down_proj, keep)
 
 
 def fine_grained(n_experts: int, top_k: int, d_ff: int, m: int, n_shared: int = 0) -> dict:

@@ -7,11 +7,17 @@ routing it runs is set by the config (router.py): V2 = softmax + ``group_limited
 three auxiliary losses (α1..α3) + ``capacity_factor`` token dropping; V3 = sigmoid + ``noaux_tc`` +
 ``norm_topk_prob`` + ``routed_scaling_factor`` + the bias update (γ) + the sequence-wise loss (α).
 
-After each forward the layer leaves behind, for ``CausalLM`` to collect:
+After each forward the layer leaves behind, for ``CausalLM`` to collect (``collect_auxiliary``, the
+protocol every module that owns an auxiliary loss follows — docs/architecture.md):
 
     aux_loss   the weighted sum of the enabled balance losses (a tensor with gradient), or None
                — computed only in training mode, so validation losses stay pure cross-entropy
     stats      load metrics of this batch (balance.load_metrics: load, MaxVio, dropped, entropy, …)
+
+The routed experts are a module given at construction (``experts``): by default ``RoutedExperts`` with the
+dispatch the config asks for (``moe_impl``, ``linear_impl``); the pipeline runtime passes expert-parallel
+ones (parallel/expert_parallel.py) whose dispatch and combine are all-to-alls. Everything else — gate,
+dropping, shared experts, balance — is this one class in every setting.
 
 Names match Hugging Face ``DeepseekV3MoE``: ``gate.weight``, ``gate.e_score_correction_bias``,
 ``experts.gate_up_proj``, ``experts.down_proj``, ``shared_experts.{gate,up,down}_proj.weight``.
@@ -23,7 +29,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..model.layers import SwiGLU
+from ..layers import SwiGLU
 from . import losses
 from .balance import capacity_keep_mask, exempt_tokens, load_metrics, update_bias
 from .experts import RoutedExperts
@@ -48,12 +54,14 @@ def balance_loss(c: ModelConfig, r, B: int, T: int) -> torch.Tensor | None:
 
 
 class DeepSeekMoE(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int = 0, linear=nn.Linear):
+    def __init__(self, config: ModelConfig, layer_idx: int = 0, linear=nn.Linear, experts=None):
+        """``linear``: the shared experts' Linear class; ``experts``: a factory ``experts(config) -> module`` for
+        the routed experts (default ``RoutedExperts.from_config``)."""
         super().__init__()
         c = self.config = config
         self.layer_idx = layer_idx
         self.gate = Gate(config)
-        self.experts = RoutedExperts(c.n_routed_experts, c.hidden_size, c.moe_intermediate_size, c.moe_impl)
+        self.experts = (experts or RoutedExperts.from_config)(config)
         self.shared_experts = (SwiGLU(c.hidden_size, c.n_shared_experts * c.moe_intermediate_size, linear=linear)
                                if c.n_shared_experts else None)
         self.bias_update_speed = float(c.bias_update_speed)  # γ; schedulable (balance.set_bias_update_speed)
@@ -92,6 +100,12 @@ class DeepSeekMoE(nn.Module):
             self.step_load += torch.bincount(r.topk_idx.flatten(), minlength=c.n_routed_experts).float()
         self.stats = load_metrics(r.topk_idx, r.scores, c.n_routed_experts, c.n_group, keep)
         return out
+
+    @staticmethod
+    def collect_auxiliary(layers) -> tuple[torch.Tensor | None, dict]:
+        """The auxiliary-loss protocol (model/transformer.py): every DeepSeekMoE of a forward, in order →
+        (their summed balance losses or None, their metrics). See ``collect_moe``."""
+        return collect_moe(layers)
 
     # ------------------------------------------------------------------------------------
     @torch.no_grad()

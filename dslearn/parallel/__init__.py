@@ -3,15 +3,16 @@
     schedules.py   1F1B, ZB1P, DualPipe, DualPipeV as plain data (each rank's ordered ops)
     simulator.py   a discrete-event simulator: timelines, bubbles, peak activations
     launcher.py    spawn N CPU processes in a gloo group, collect results, stop all on any failure
-    runtime.py     run a schedule on a dslearn CausalLM cut into stages: async p2p, B and W separated,
-                   F&B halves overlapped in two threads
-    weightgrad.py  the backward split: input gradients now (B), weight gradients queued for W
-    expert_parallel.py  MoE layers across an expert-parallel group: dispatch and combine as all-to-alls
+    stages.py      a CausalLM cut into pipeline stages, built from the model's own forward pieces
+    p2p.py         tagged point-to-point transfers, every receive posted up front
+    runtime.py     run a schedule on those stages (one rank's worker): B and W separated (the split layers
+                   of layers/weightgrad.py), F&B halves overlapped in two threads
+    expert_parallel.py  routed experts across an expert-parallel group: dispatch and combine as all-to-alls
     oracle.py      the same stages under torch.distributed.pipelining.ScheduleDualPipeV (the outside check)
     timeline.py    measured timelines: bubble, per-op costs, the schedule figure, the timing experiment
 
-The runtime, expert_parallel, launcher, oracle and timeline modules import torch.distributed; import
-them by name.
+The stages, p2p, runtime, expert_parallel, launcher, oracle and timeline modules import torch.distributed or
+the model; import them by name.
 """
 
 from .schedules import (

@@ -12,9 +12,10 @@ slice of the batch (data parallel for everything but the routed experts). Rank e
 experts [e·E/EP, (e+1)·E/EP) of each of its MoE layers; the gate, the shared experts, attention and
 norms are replicated, and their gradients are summed over the EP group after the step.
 
-One MoE layer on EP rank e, N local tokens, K experts each (``ExpertParallelMoE.forward``):
+One MoE layer on EP rank e, N local tokens, K experts each (``DeepSeekMoE.forward`` with
+``ExpertParallelExperts`` as its routed experts, built in by ``choose_parts(config, routed_experts=...)``):
 
-    1. gate (replicated)           topk_idx, topk_weight (N, K)
+    1. gate (replicated)           topk_idx, topk_weight (N, K)              (DeepSeekMoE, unchanged)
     2. sort the N·K assignments    by expert id, so rows for EP rank 0 come first, then rank 1, …
     3. exchange counts             all_to_all_single of an (EP, E/EP) table: how many rows each rank
                                    will receive from each sender, per local expert
@@ -24,7 +25,7 @@ One MoE layer on EP rank e, N local tokens, K experts each (``ExpertParallelMoE.
     7. weight and scatter-add      out[t] = Σ_k g_{t,k} · y_{t,k}
 
 Backward runs 6 and 4 mirrored (``AllToAll.backward``): the gradient rows take the reverse route.
-The expert weight gradients are deferrable into W like every Linear's (weightgrad.expert_matmul).
+The expert weight gradients are deferrable into W like every Linear's (layers/weightgrad.expert_matmul).
 
 Two process groups per EP group: forward all-to-alls use one, backward all-to-alls the other.
 Collectives on one group must be issued in the same order on every member; with the two directions
@@ -36,8 +37,8 @@ That is the overlap DualPipe is built for; on GPUs it is SMs and streams, here i
 ``latency`` seconds after the data arrived (a sleep releases the GIL, so the other half of an F&B pair
 keeps computing meanwhile).
 
-Balancing. The balance losses are computed here, on the rank's tokens, and reach the gradients through
-``PipelineStage`` (``AddAuxLoss``). V3's sequence-wise loss is per sequence, so it equals a single-process
+Balancing. The balance losses are computed by DeepSeekMoE on the rank's tokens, and reach the gradients
+through ``PipelineStage`` (``AddAuxLoss``). V3's sequence-wise loss is per sequence, so it equals a single-process
 run exactly; V2's batch-wise losses (Σ f·P over a batch) come out per micro-batch, as in any micro-batched
 training. V3's aux-loss-free bias update happens after the optimizer step, outside the schedule; what it
 needs is the step's expert load summed over every replica: each layer counts its local assignments in
@@ -49,7 +50,7 @@ change, so no single-process run could check it.
     ---------------------              ----
     EP group (64 ranks in V3)          ep_group(...), the ranks p·EP + e for e < EP
     dispatch / combine                 AllToAll (forward ↔ backward mirror), steps 4 and 6
-    routed experts on a rank           LocalExperts (E/EP experts, full-model parameter names)
+    routed experts on a rank           ExpertParallelExperts (E/EP experts, full-model parameter names)
 """
 
 from __future__ import annotations
@@ -61,9 +62,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..layers.weightgrad import WeightGradStore, expert_matmul
 from ..moe.dispatch import sort_by_expert
-from ..moe.layer import DeepSeekMoE, balance_loss
-from .weightgrad import WeightGradStore, expert_matmul
 
 
 @dataclass
@@ -130,89 +130,77 @@ class AllToAll(torch.autograd.Function):
         return _exchange(gy, in_splits, out_splits, ctx.comm, backward=True), None, None, None
 
 
-class LocalExperts(nn.Module):
-    """This rank's share of the routed experts: rows [first, first + count) of the full layer's weights."""
+class ExpertParallelExperts(nn.Module):
+    """The routed experts of one DeepSeekMoE layer on the ranks of an EP group: this rank keeps experts
+    [first, first + count) under the full layer's parameter names (``gate_up_proj``, ``down_proj``), and its
+    forward — the drop-in for ``RoutedExperts.forward`` — sends every assignment to the rank holding its
+    expert and brings the result back. Gate, shared experts and balance stay in ``DeepSeekMoE``: the same
+    outputs and gradients as the whole layer in one process, to float rounding (the gate weight multiplies
+    after the expert, not before W2 as in ``grouped_dispatch``)."""
 
-    def __init__(self, experts: nn.Module, first: int, count: int):
+    def __init__(self, config, comm: EPComm, store: WeightGradStore | None = None):
         super().__init__()
-        self.first, self.count = first, count
-        self.gate_up_proj = nn.Parameter(experts.gate_up_proj.detach()[first:first + count].clone())  # (E_l, 2I, d)
-        self.down_proj = nn.Parameter(experts.down_proj.detach()[first:first + count].clone())  # (E_l, d, I)
-
-    def forward(self, x: torch.Tensor, counts: torch.Tensor, store: WeightGradStore | None) -> torch.Tensor:
-        """x (R, d) sorted by local expert, counts (E_l,) → (R, d)."""
-        g, u = expert_matmul(x, self.gate_up_proj, counts, store).chunk(2, dim=-1)  # (R, I) each
-        return expert_matmul(nn.functional.silu(g) * u, self.down_proj, counts, store)  # (R, d)
-
-
-class ExpertParallelMoE(nn.Module):
-    """A DeepSeekMoE layer whose routed experts live on the ranks of an EP group: the same outputs and
-    gradients as the whole layer in one process, to float rounding (the gate weight multiplies after the
-    expert, not before W2 as in ``grouped_dispatch``). Built from the full layer, whose gate and shared
-    experts it shares; ``experts`` keeps only this rank's slice under the same parameter names."""
-
-    def __init__(self, moe: DeepSeekMoE, comm: EPComm, store: WeightGradStore | None = None):
-        super().__init__()
-        c = self.config = moe.config
-        if c.capacity_factor is not None:
+        if config.capacity_factor is not None:
             raise ValueError("expert parallelism here runs without token dropping (capacity_factor must be None): "
                              "a per-device capacity depends on how the batch is split, so no single-process run "
                              "could check it")
-        if c.n_routed_experts % comm.size:
-            raise ValueError(f"n_routed_experts={c.n_routed_experts} cannot be split evenly over {comm.size} "
+        if config.n_routed_experts % comm.size:
+            raise ValueError(f"n_routed_experts={config.n_routed_experts} cannot be split evenly over {comm.size} "
                              "expert-parallel ranks")
-        self.layer_idx, self.comm, self.store = moe.layer_idx, comm, store
-        self.gate, self.shared_experts = moe.gate, moe.shared_experts
-        per_rank = c.n_routed_experts // comm.size
-        self.experts = LocalExperts(moe.experts, comm.rank * per_rank, per_rank)
-        self.register_buffer("step_load", torch.zeros(c.n_routed_experts), persistent=False)  # (E,) local tokens
-        self.aux_loss: torch.Tensor | None = None
+        self.n_experts, self.comm, self.store = config.n_routed_experts, comm, store
+        self.count = config.n_routed_experts // comm.size
+        self.first = comm.rank * self.count
+        d, inner = config.hidden_size, config.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(self.count, 2 * inner, d))  # (E_l, 2I, d)
+        self.down_proj = nn.Parameter(torch.empty(self.count, d, inner))  # (E_l, d, I)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, d) → shared + routed outputs (B, T, d); sets ``aux_loss`` in training mode."""
-        c, comm = self.config, self.comm
-        B, T, d = x.shape
-        flat = x.reshape(B * T, d)  # (N, d)
-        # 1. gate, replicated on every EP rank
-        r = self.gate(flat)  # topk_idx/topk_weight (N, K)
-        self.aux_loss = balance_loss(c, r, B, T) if self.training else None
-        if self.training:
-            self.step_load += torch.bincount(r.topk_idx.flatten(), minlength=c.n_routed_experts).float()
+    def _local(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """x (R, d) sorted by local expert, counts (E_l,) → (R, d)."""
+        g, u = expert_matmul(x, self.gate_up_proj, counts, self.store).chunk(2, dim=-1)  # (R, I) each
+        return expert_matmul(nn.functional.silu(g) * u, self.down_proj, counts, self.store)  # (R, d)
+
+    def forward(self, x, topk_idx, topk_weight, keep=None):
+        """x (N, d), topk_idx/topk_weight (N, K) → Σ_k g·FFN (N, d), the experts living across the EP group."""
+        if keep is not None:
+            raise ValueError("expert-parallel experts take no token-dropping mask")
+        comm = self.comm
         # 2. assignments in expert order = grouped by the EP rank that holds the expert
-        token, pos, counts = sort_by_expert(r.topk_idx, None, c.n_routed_experts)  # (A,), (A,), (E,)
-        rows = flat[token]  # (A, d)
+        token, pos, counts = sort_by_expert(topk_idx, None, self.n_experts)  # (A,), (A,), (E,)
+        rows = x[token]  # (A, d)
         if comm.size == 1:
-            y = self.experts(rows, counts, self.store)  # (A, d): already sorted by (local) expert
+            y = self._local(rows, counts)  # (A, d): already sorted by (local) expert
         else:
             # 3. how many rows arrive from each rank, per local expert
-            send = counts.view(comm.size, self.experts.count)  # (EP, E_l) rows to rank j for its expert i
+            send = counts.view(comm.size, self.count)  # (EP, E_l) rows to rank j for its expert i
             recv = torch.empty_like(send)
             dist.all_to_all_single(recv, send, group=comm.forward_group)  # (EP, E_l): from rank j for expert i
             in_splits, out_splits = send.sum(1).tolist(), recv.sum(1).tolist()
             # 4. dispatch
             got = AllToAll.apply(rows, out_splits, in_splits, comm)  # (R, d), by sender, then local expert
             # 5. the local experts, on rows regrouped by expert
-            expert_of_row = torch.arange(self.experts.count).repeat(comm.size).repeat_interleave(recv.flatten())
+            expert_of_row = torch.arange(self.count).repeat(comm.size).repeat_interleave(recv.flatten())
             order = expert_of_row.argsort(stable=True)  # (R,)
-            out = self.experts(got[order], recv.sum(0), self.store)  # (R, d) in expert order
+            out = self._local(got[order], recv.sum(0))  # (R, d) in expert order
             back = torch.empty_like(out).index_copy(0, order, out)  # (R, d) in arrival order
             # 6. combine: every row goes home, in the order it left
             y = AllToAll.apply(back, in_splits, out_splits, comm)  # (A, d)
         # 7. weight by g_{t,k} and sum over each token's K experts
-        routed = torch.zeros_like(flat).index_add(0, token, y * r.topk_weight.flatten()[pos, None].to(y.dtype))
-        out = routed.view(B, T, d)
-        if self.shared_experts is not None:
-            out = out + self.shared_experts(x)
-        return out
+        return torch.zeros_like(x).index_add(0, token, y * topk_weight.flatten()[pos, None].to(y.dtype))
 
 
-def shard_experts(module: nn.Module, comm: EPComm, store: WeightGradStore | None = None) -> int:
-    """Replace every DeepSeekMoE inside ``module`` by its ExpertParallelMoE; returns how many."""
-    n = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, DeepSeekMoE):
-                setattr(parent, name, ExpertParallelMoE(child, comm, store))
-                n += 1
-    return n
+def expert_parallel(comm: EPComm, store: WeightGradStore | None = None):
+    """The routed-experts factory for ``choose_parts(config, routed_experts=...)``: every MoE layer built with it
+    keeps this rank's share of the experts and dispatches over ``comm``."""
+    return lambda config: ExpertParallelExperts(config, comm, store)
 
+
+def shard_state_dict(state: dict, model: nn.Module) -> dict:
+    """A whole model's state dict cut to fit ``model`` (built with ``expert_parallel``): each
+    ExpertParallelExperts keeps rows [first, first + count) of its layer's full expert tensors."""
+    out = dict(state)
+    for name, m in model.named_modules():
+        if isinstance(m, ExpertParallelExperts):
+            for p in ("gate_up_proj", "down_proj"):
+                key = f"{name}.{p}"
+                out[key] = state[key][m.first:m.first + m.count].clone()
+    return out

@@ -1,7 +1,7 @@
 """The outside check: the same model split run by ``torch.distributed.pipelining.ScheduleDualPipeV``.
 
 PyTorch (2.6 and later) ships a DualPipeV schedule ported from DeepSeek's code. Given the same
-stages (``runtime.split_model``: rank r holds stages r and 2R−1−r) and micro-batches, its loss and
+stages (``stages.split_model``: rank r holds stages r and 2R−1−r) and micro-batches, its loss and
 gradients must equal dslearn's own DualPipeV run (``runtime.run_pipeline("dualpipev", ...)``).
 Run ``torch_dualpipev_worker`` with ``launcher.launch``.
 """
@@ -9,11 +9,13 @@ Run ``torch_dualpipev_worker`` with ``launcher.launch``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 
 from ..config import ModelConfig
-from ..model.transformer import CausalLM
-from .runtime import split_model, stage_param_names
+from ..layers import cross_entropy
+from ..model import CausalLM
+from .runtime import pipeline_worker
+from .stages import split_model, stage_param_names
 
 
 def torch_dualpipev_available() -> bool:
@@ -22,10 +24,6 @@ def torch_dualpipev_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 def torch_dualpipev_worker(rank: int, world_size: int, config: dict, seed: int, input_ids: torch.Tensor,
@@ -39,7 +37,7 @@ def torch_dualpipev_worker(rank: int, world_size: int, config: dict, seed: int, 
     stages = split_model(model, S)
     mine = [rank, S - 1 - rank]
     pipe = [PipelineStage(stages[s], stage_index=s, num_stages=S, device=torch.device("cpu")) for s in mine]
-    schedule = ScheduleDualPipeV(pipe, n_microbatches=num_microbatches, loss_fn=_loss)
+    schedule = ScheduleDualPipeV(pipe, n_microbatches=num_microbatches, loss_fn=cross_entropy)
     losses: list = []
     if rank == 0:
         schedule.step(input_ids, target=targets, losses=losses)
@@ -55,10 +53,6 @@ def torch_dualpipev_worker(rank: int, world_size: int, config: dict, seed: int, 
 def compare_dualpipev_worker(rank: int, world_size: int, config: dict, seed: int, input_ids: torch.Tensor,
                              targets: torch.Tensor, num_microbatches: int) -> dict:
     """Both runs in one group of processes (one torch import per rank): {"torch": ..., "dslearn": ...}."""
-    import torch.distributed as dist
-
-    from .runtime import pipeline_worker
-
     theirs = torch_dualpipev_worker(rank, world_size, config, seed, input_ids, targets, num_microbatches)
     dist.barrier()
     ours = pipeline_worker(rank, world_size, "dualpipev", config, seed, input_ids, targets, num_microbatches)

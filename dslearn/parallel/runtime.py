@@ -1,4 +1,8 @@
-"""Run a pipeline schedule for real: a dslearn CausalLM cut into stages, one CPU process per rank.
+"""Run a pipeline schedule for real: a dslearn CausalLM cut into stages, one CPU process per rank (the worker).
+
+    stages.py   the model cut into PipelineStages (the model's own forward pieces) and AddAuxLoss
+    p2p.py      tagged point-to-point transfers, all receives posted up front (Mailbox)
+    runtime.py  this file: one rank's walk through its schedule, gradients gathered, results returned
 
 Every rank builds the same model (same config and seed), keeps only the stages it holds
 (``split_model``) and walks its op list from ``schedules.py``:
@@ -11,16 +15,16 @@ Every rank builds the same model (same config and seed), keeps only the stages i
     W(s, m)    run that queue: dL/dW = gyᵀ·x for each of them, added to .grad
     BW(s, m)   B and W together (1F1B, and the backward half of DualPipe's F&B pairs)
 
-The split is the one DeepSeek's DualPipe uses (weightgrad.py): a Linear layer's or a routed
-expert's backward computes the input gradient (gy·W) immediately and pushes the weight-gradient
-closure (gyᵀ·x) into a store that W drains later. Norm gains, the gate and the embedding are cheap
-and keep their gradients in B.
+The split is the one DeepSeek's DualPipe uses (layers/weightgrad.py): a Linear layer's (torch or FP8) or a
+routed expert's backward computes the input gradient (gy·W) immediately and pushes the weight-gradient
+closure (gyᵀ·x) into a store that W drains later. Each rank builds its model with
+``choose_parts(config, weight_grads=store, routed_experts=expert_parallel(comm, store))``, so the split
+layers and the expert-parallel experts are there from construction, and loads the whole model's weights
+(same config and seed) cut to its expert shard. Norm gains, the gate and the embedding are cheap and keep
+their gradients in B.
 
-Communication is point to point with ``isend``/``irecv``. Every message has its own tag
-(kind, stage, micro-batch), so all receives are posted before the first op and complete in the
-background (gloo's threads, or NCCL streams on GPUs); an op waits only for the one it needs, and
-sends never block. ``latency`` injects a link delay: a message is not usable until ``latency``
-seconds after it was sent (the sender stamps the time).
+Communication is point to point (p2p.py): every message has its own tag, all receives are posted before the
+first op, an op waits only for the one it needs, and sends never block. ``latency`` injects a link delay.
 
 MoE layers. In V3 each chunk is attention → all-to-all dispatch → experts → all-to-all combine.
 With ``expert_parallel`` = EP the world is PP × EP processes (rank = p·EP + e): the EP ranks of a
@@ -47,9 +51,9 @@ step would need.
 
     paper / DualPipe code            code
     ---------------------            ----
-    chunk (stage of a rank)          PipelineStage (split_model)
-    WeightGradStore                  WeightGradStore, defer_weight_grads, expert_matmul (weightgrad.py)
-    AddAuxiliaryLoss                 AddAuxLoss
+    chunk (stage of a rank)          PipelineStage (stages.split_model)
+    WeightGradStore                  WeightGradStore, SplitLinear, expert_matmul (layers/weightgrad.py)
+    AddAuxiliaryLoss                 AddAuxLoss (stages.py)
     EP group, dispatch / combine     expert_parallel.py
     F, B, W, F&B                     the op kinds of schedules.py, executed in pipeline_worker
     PP × EP ranks                    world_size (launcher.launch), expert_parallel
@@ -58,105 +62,63 @@ The result of ``pipeline_worker`` (one per rank) carries the micro-batch losses,
 added, the gradients of the parameters the rank holds (full-model names; routed experts as this rank's
 shard with its first expert index), the measured timeline of its ops and its count of all-to-alls;
 ``run_pipeline`` gathers them into whole-model results.
+
+Failure handling is tested by injecting failures through ``op_hook`` (called before every op; ``fail_at_half``
+makes one rank raise, exit or hang halfway), so the op loop itself carries no test code.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 import threading
 import time
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
 
 from ..config import ModelConfig
-from ..model.transformer import CausalLM
-from .expert_parallel import ExpertParallelMoE, ep_groups, shard_experts
+from ..layers import WeightGradStore
+from ..model import CausalLM, choose_parts
+from ..moe import DeepSeekMoE
+from .expert_parallel import ExpertParallelExperts, ep_groups, expert_parallel, shard_state_dict
+from .p2p import Mailbox, sum_with, unflatten
 from .schedules import build_schedule
-from .weightgrad import WeightGradStore, defer_weight_grads
+from .stages import AddAuxLoss, PipelineStage, split_model, stage_param_names
+
+__all__ = ["AddAuxLoss", "PipelineStage", "WeightGradStore", "fail_at_half", "pipeline_worker", "reference_step",
+           "run_pipeline", "run_pipelines", "split_model", "stage_param_names"]
 
 
-class AddAuxLoss(torch.autograd.Function):
-    """y = x, but the backward also gives ``aux`` the gradient 1: an MoE layer's balance loss joins the
-    training loss without being passed down the pipeline (the device DeepSeek's modeling code uses)."""
-
-    @staticmethod
-    def forward(ctx, x, aux):
-        ctx.aux_dtype = aux.dtype
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, gy):
-        return gy, torch.ones((), dtype=ctx.aux_dtype, device=gy.device)
+def fail_at_half(rank: int, i: int, n_ops: int, op, *, target: int, how: str) -> None:
+    """An ``op_hook`` for failure tests and demos: rank ``target`` fails halfway through its ops — ``how`` is
+    "raise" (an exception), "exit" (the process dies with status 3) or "hang" (sleeps for an hour)."""
+    if rank != target or i != n_ops // 2:
+        return
+    if how == "exit":
+        os._exit(3)
+    if how == "hang":
+        time.sleep(3600)
+    raise RuntimeError(f"injected failure on rank {rank} at op {i} ({op})")
 
 
-class PipelineStage(nn.Module):
-    """Consecutive layers of a CausalLM; the first stage embeds, the last applies norm, head and loss."""
-
-    def __init__(self, model: CausalLM, index: int, num_stages: int, layers: range):
-        super().__init__()
-        self.index, self.num_stages = index, num_stages
-        self.is_first, self.is_last = index == 0, index == num_stages - 1
-        self.embed_tokens = model.model.embed_tokens if self.is_first else None
-        self.layers = nn.ModuleList(model.model.layers[i] for i in layers)
-        self.norm = model.model.norm if self.is_last else None
-        self.lm_head = model.lm_head if self.is_last else None
-        self.rotary = model.rotary  # no parameters: RoPE tables
-        self.aux_scale = 1.0  # the runtime sets 1/(micro-batches · replicas), the loss's own scale
-        self.aux_added = 0.0  # the scaled balance losses the last forward attached
-
-    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """x: token ids (B, T) at the first stage, else hidden states (B, T, d). The last stage returns
-        the mean cross-entropy when given targets, else logits."""
-        if self.is_first:
-            x = self.embed_tokens(x)  # (B, T, d)
-        B, T = x.shape[:2]
-        rope = self.rotary(torch.arange(T).expand(B, T))
-        self.aux_added = 0.0
-        for layer in self.layers:
-            x = layer(x, rope)  # (B, T, d)
-            aux = getattr(layer.mlp, "aux_loss", None)  # an MoE layer's balance loss (training only)
-            if aux is not None:
-                x = AddAuxLoss.apply(x, aux * self.aux_scale)
-                self.aux_added += aux.item() * self.aux_scale
-        if not self.is_last:
-            return x
-        logits = self.lm_head(self.norm(x))  # (B, T, V)
-        if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-
-
-def split_model(model: CausalLM, num_stages: int) -> list[PipelineStage]:
-    """Cut the decoder layers into ``num_stages`` consecutive groups, as evenly as possible."""
-    L = len(model.model.layers)
-    if not 1 <= num_stages <= L:
-        raise ValueError(f"cannot cut {L} decoder layers into {num_stages} stages (need 1 <= stages <= layers)")
-    bounds = [round(i * L / num_stages) for i in range(num_stages + 1)]
-    return [PipelineStage(model, s, num_stages, range(bounds[s], bounds[s + 1])) for s in range(num_stages)]
-
-
-def stage_param_names(model: CausalLM, stage: PipelineStage) -> dict[str, nn.Parameter]:
-    ids = {id(p) for p in stage.parameters()}
-    return {n: p for n, p in model.named_parameters() if id(p) in ids}
-
-
-# ----------------------------------------------------------------------------------------------
-_KINDS = {"act": 0, "grad": 1, "act_t": 2, "grad_t": 3}
-
-
-def _tag(kind: str, stage: int, mb: int, S: int, M: int) -> int:
-    return 1 + (_KINDS[kind] * S + stage) * M + mb
+def build_rank_model(config: ModelConfig, seed: int, comm, store: WeightGradStore) -> CausalLM:
+    """This rank's model: split Linear layers and expert GEMMs (B/W), its share of the routed experts, and the
+    whole model's weights (same config and seed) cut to that share."""
+    whole = CausalLM(config, seed=seed)
+    parts = choose_parts(config, weight_grads=store, routed_experts=expert_parallel(comm, store))
+    model = CausalLM(config, seed=seed, parts=parts)
+    model.load_state_dict(shard_state_dict(whole.state_dict(), model))
+    return model
 
 
 def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict, seed: int,
                     input_ids: torch.Tensor, targets: torch.Tensor, num_microbatches: int,
-                    latency: float = 0.0, fail: dict | None = None, expert_parallel: int = 1,
+                    latency: float = 0.0, op_hook=None, expert_parallel: int = 1,
                     a2a_latency: float = 0.0, overlap: bool = False) -> dict:
-    """One rank of a pipeline step (run it with ``launch``). ``fail`` = {"rank": r, "how": "raise"|"exit"|"hang"}
-    makes rank r fail halfway through its ops (for the failure-handling tests and demos).
+    """One rank of a pipeline step (run it with ``launch``). ``op_hook(rank, i, n_ops, op)``, if given, is called
+    before each op (tests inject failures with ``fail_at_half``).
 
     ``expert_parallel`` = EP: the world is PP × EP ranks (rank = p·EP + e, expert_parallel.py); the batch is
     split into EP equal slices, slice e feeding the pipeline of EP rank e, and MoE layers dispatch to and
@@ -178,53 +140,23 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
         return q * EP + e
 
     comm = ep_groups(sched.num_ranks, EP, rank, a2a_latency)
-    model = CausalLM(ModelConfig.from_dict(config), seed=seed)
+    store = WeightGradStore()
+    model = build_rank_model(ModelConfig.from_dict(config), seed, comm, store)
     stages = split_model(model, S)
     mine = sched.stages_on(p)
-    store = WeightGradStore()
     for s in mine:
-        shard_experts(stages[s], comm, store)
-        defer_weight_grads(stages[s], store)
         stages[s].aux_scale = 1.0 / (M * EP)
     ids_mb, tgt_mb = input_ids.chunk(EP)[e].chunk(M), targets.chunk(EP)[e].chunk(M)
     b, T = ids_mb[0].shape
-    d = model.config.hidden_size
 
     # 1. post every receive this rank will need, up front (each has its own tag)
-    recvs: dict[tuple[str, int, int], tuple] = {}
+    box = Mailbox(peer, (b, T, model.config.hidden_size), S, M, latency)
     for op in sched.ops[p]:
         for c in op.parts():
             if c.kind == "F" and c.stage > 0 and (src := sched.rank_of(c.stage - 1, c.mb)) != p:
-                key = ("act", c.stage - 1, c.mb)
+                box.expect("act", c.stage - 1, c.mb, src)
             elif c.kind in ("B", "BW") and c.stage < S - 1 and (src := sched.rank_of(c.stage + 1, c.mb)) != p:
-                key = ("grad", c.stage + 1, c.mb)
-            else:
-                continue
-            buf, stamp = torch.empty(b, T, d), torch.zeros(1, dtype=torch.float64)
-            work = dist.irecv(buf, peer(src), tag=_tag(key[0], key[1], key[2], S, M))
-            work_t = dist.irecv(stamp, peer(src), tag=_tag(key[0] + "_t", key[1], key[2], S, M))
-            recvs[key] = (buf, work, stamp, work_t)
-    sends = []
-
-    def send(kind, stage, mb, tensor, dst):
-        t = tensor.detach().contiguous()
-        stamp = torch.tensor([time.time()], dtype=torch.float64)
-        sends.append((t, stamp, dist.isend(t, peer(dst), tag=_tag(kind, stage, mb, S, M)),
-                      dist.isend(stamp, peer(dst), tag=_tag(kind + "_t", stage, mb, S, M))))
-
-    local: dict[tuple[str, int, int], torch.Tensor] = {}  # transfers between two stages of this rank
-
-    def fetch(kind, stage, mb, waited):
-        if (kind, stage, mb) in local:
-            return local.pop((kind, stage, mb))
-        t = time.time()
-        buf, work, stamp, work_t = recvs.pop((kind, stage, mb))
-        work.wait()
-        work_t.wait()
-        if latency > 0:  # the link delay: usable `latency` after it was sent
-            time.sleep(max(0.0, stamp.item() + latency - time.time()))
-        waited[0] += time.time() - t
-        return buf
+                box.expect("grad", c.stage + 1, c.mb, src)
 
     saved: dict[tuple[int, int], tuple] = {}  # (stage, mb) → (input, output) for the backward
     wqueue: dict[tuple[int, int], list] = {}
@@ -234,34 +166,26 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
     def run(c, waited):
         s, m = c.stage, c.mb
         if c.kind == "F":
-            x = ids_mb[m] if s == 0 else fetch("act", s - 1, m, waited).detach().requires_grad_(True)
+            x = ids_mb[m] if s == 0 else box.fetch("act", s - 1, m, waited).detach().requires_grad_(True)
             if stages[s].is_last:
                 y = stages[s](x, tgt_mb[m])
                 losses[e * M + m] = y.item()
                 y = y / (M * EP)  # the batch loss is the mean over all micro-batches of all replicas
             else:
                 y = stages[s](x)
-                nxt = sched.rank_of(s + 1, m)
-                if nxt == p:
-                    local[("act", s, m)] = y.detach()
-                else:
-                    send("act", s, m, y, nxt)
+                box.send("act", s, m, y, sched.rank_of(s + 1, m), p)
             aux[0] += stages[s].aux_added
             saved[(s, m)] = (x, y)
         elif c.kind in ("B", "BW"):
             x, y = saved.pop((s, m))
-            gy = None if stages[s].is_last else fetch("grad", s + 1, m, waited)
+            gy = None if stages[s].is_last else box.fetch("grad", s + 1, m, waited)
             store.deferring = c.kind == "B"
             torch.autograd.backward(y, gy)
             store.deferring = False
             if c.kind == "B":
                 wqueue[(s, m)] = store.take()
             if s > 0:
-                prev = sched.rank_of(s - 1, m)
-                if prev == p:
-                    local[("grad", s, m)] = x.grad
-                else:
-                    send("grad", s, m, x.grad, prev)
+                box.send("grad", s, m, x.grad, sched.rank_of(s - 1, m), p)
         elif c.kind == "W":
             for fn in wqueue.pop((s, m)):
                 fn()
@@ -300,13 +224,8 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
         sys.setswitchinterval(1e-4)  # re-enters Python at every custom autograd op, so 5 ms would add up
     try:
         for i, op in enumerate(sched.ops[p]):
-            if fail and fail.get("rank") == rank and i == n_ops // 2:
-                if fail.get("how") == "exit":
-                    import os
-                    os._exit(3)
-                if fail.get("how") == "hang":
-                    time.sleep(3600)
-                raise RuntimeError(f"injected failure on rank {rank} at op {i} ({op})")
+            if op_hook is not None:
+                op_hook(rank, i, n_ops, op)
             start = time.time() - t0
             waited = [0.0]  # seconds the op spent waiting for data
             if op.kind == "FB" and overlap:
@@ -317,11 +236,9 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
             timeline.append((op.kind, op.parts()[0].stage, op.parts()[0].mb, start, time.time() - t0, waited[0]))
     finally:
         sys.setswitchinterval(switch)
-    for _, _, w, w_t in sends:
-        w.wait()
-        w_t.wait()
-    if recvs or wqueue or saved:
-        raise RuntimeError(f"rank {rank}: schedule left work undone: {list(recvs)[:3]} {list(wqueue)[:3]}")
+    box.flush()
+    if box.pending or wqueue or saved:
+        raise RuntimeError(f"rank {rank}: schedule left work undone: {list(box.pending)[:3]} {list(wqueue)[:3]}")
     makespan = time.time() - t0
     # 3. DualPipe: both copies of a stage hold half the gradient; sum them across the pair
     names = {}
@@ -329,41 +246,22 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
         names.update(stage_param_names(model, stages[s]))
     grads = {n: (q.grad if q.grad is not None else torch.zeros_like(q)).detach().clone() for n, q in names.items()}
     if len(sched.stage_rank) == 2:
-        _sum_with(grads, peer(sched.num_ranks - 1 - p))
+        sum_with(grads, peer(sched.num_ranks - 1 - p))
     # 4. expert parallelism: replicated parameters saw only this replica's tokens; sum over the EP group.
     #    A routed expert's gradient already holds every replica's tokens (they came to it).
-    first_of = {id(q): mod.experts.first for s in mine for mod in stages[s].modules()
-                if isinstance(mod, ExpertParallelMoE) for q in mod.experts.parameters()}  # routed-expert shards
+    first_of = {id(q): mod.first for s in mine for mod in stages[s].modules()
+                if isinstance(mod, ExpertParallelExperts) for q in mod.parameters()}  # routed-expert shards
     dense = [n for n in grads if id(names[n]) not in first_of]
     if EP > 1 and dense:
         flat = torch.cat([grads[n].flatten() for n in dense])
         dist.all_reduce(flat, group=comm.forward_group)
-        _unflatten(flat, dense, grads)
+        unflatten(flat, dense, grads)
     shards = {n: (first_of[id(names[n])], grads.pop(n)) for n in list(grads) if id(names[n]) in first_of}
     load = {f"model.layers.{mod.layer_idx}.mlp": mod.step_load.clone() for s in mine for mod in stages[s].modules()
-            if isinstance(mod, ExpertParallelMoE)}  # this rank's tokens only
+            if isinstance(mod, DeepSeekMoE)}  # this rank's tokens only
     return {"rank": rank, "losses": losses, "aux_loss": aux[0], "grads": grads if e == 0 else {},
             "expert_shards": shards, "expert_load": load, "timeline": timeline, "stages": mine,
             "makespan": makespan, "all_to_alls": comm.calls}
-
-
-def _unflatten(flat: torch.Tensor, names: list[str], into: dict) -> None:
-    i = 0
-    for n in names:
-        into[n] = flat[i:i + into[n].numel()].view_as(into[n]).clone()
-        i += into[n].numel()
-
-
-def _sum_with(grads: dict, partner: int) -> None:
-    """Add a partner rank's gradients of the same parameters (in place; both ranks end bitwise equal)."""
-    names = list(grads)
-    flat = torch.cat([grads[n].flatten() for n in names])
-    other = torch.empty_like(flat)
-    works = [dist.isend(flat, partner, tag=999_999), dist.irecv(other, partner, tag=999_999)]
-    for w in works:
-        w.wait()
-    _unflatten(flat + other, names, grads)  # fp addition commutes: the same sum on both ranks
-
 
 
 def reference_step(config: dict, seed: int, input_ids: torch.Tensor, targets: torch.Tensor) -> dict:
@@ -373,9 +271,9 @@ def reference_step(config: dict, seed: int, input_ids: torch.Tensor, targets: to
     model = CausalLM(ModelConfig.from_dict(config), seed=seed)
     out = model(input_ids, targets)
     out.loss.backward()
-    ce = out.metrics.get("ce_loss", out.loss.item())
-    load = {n: m.step_load.clone() for n, m in model.named_modules() if hasattr(m, "step_load")}
-    return {"loss": ce, "aux_loss": out.loss.item() - ce, "expert_load": load,
+    aux = 0.0 if out.aux_loss is None else out.aux_loss.item()
+    load = {n: m.step_load.clone() for n, m in model.named_modules() if isinstance(m, DeepSeekMoE)}
+    return {"loss": out.metrics.get("ce_loss", out.loss.item()), "aux_loss": aux, "expert_load": load,
             "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters()}}
 
 
@@ -408,7 +306,7 @@ def _gather(results: list[dict]) -> dict:
 def run_pipelines(jobs: list[dict], world_size: int, timeout: float = 60.0) -> list[dict]:
     """Run several pipeline steps, one after another, in one launch of ``world_size`` processes. Each job
     is a dict of ``pipeline_worker`` keywords: schedule_name, config (a dict), seed, input_ids, targets,
-    num_microbatches, and optionally latency, fail, expert_parallel, a2a_latency and overlap. Returns one
+    num_microbatches, and optionally latency, op_hook, expert_parallel, a2a_latency and overlap. Returns one
     gathered result per job (see ``run_pipeline``)."""
     from .launcher import launch
 
@@ -419,12 +317,16 @@ def run_pipelines(jobs: list[dict], world_size: int, timeout: float = 60.0) -> l
 def run_pipeline(schedule_name: str, world_size: int, config: ModelConfig, input_ids: torch.Tensor,
                  targets: torch.Tensor, num_microbatches: int, seed: int = 0, timeout: float = 60.0,
                  **options) -> dict:
-    """Launch one pipeline step on ``world_size`` processes (``options``: latency, fail, expert_parallel,
-    a2a_latency, overlap; see ``pipeline_worker``). Gathers the cross-entropy (mean over all micro-batches),
+    """Launch one pipeline step on ``world_size`` processes (``options``: latency, expert_parallel, a2a_latency,
+    overlap, op_hook — see ``pipeline_worker`` — and ``fail={"rank": r, "how": "raise"|"exit"|"hang"}``, shorthand
+    for ``op_hook=fail_at_half`` on rank r). Gathers the cross-entropy (mean over all micro-batches),
     ``aux_loss`` (the MoE balance losses, scaled the same way), all gradients (full-model names, expert shards
     joined), each MoE layer's ``expert_load`` summed over all replicas, and each rank's timeline
     [(kind, stage, mb, start, end, waited), ...] in seconds (``waited``: the part of the op spent waiting for a
     transfer). Raises WorkerError if a rank fails."""
+    fail = options.pop("fail", None)
+    if fail is not None:
+        options["op_hook"] = functools.partial(fail_at_half, target=fail["rank"], how=fail["how"])
     job = dict(schedule_name=schedule_name, config=config.to_dict(), seed=seed, input_ids=input_ids,
                targets=targets, num_microbatches=num_microbatches, **options)
     return run_pipelines([job], world_size, timeout)[0]

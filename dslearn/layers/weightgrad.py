@@ -6,24 +6,24 @@ compute B at once and postpone W into what would otherwise be idle time.
 
 Here, as in DeepSeek's DualPipe code, a layer's backward returns the input gradient and, while the
 ``WeightGradStore`` is ``deferring``, queues a closure that computes and accumulates the weight
-gradient; ``take()`` hands the queue to the schedule's W op. Two kinds of layers are split:
+gradient; ``take()`` hands the queue to the schedule's W op. The split layers are chosen when the model
+is built (``dslearn.model.parts.choose_parts(config, weight_grads=store)``), never patched in afterwards:
 
-    nn.Linear        ``defer_weight_grads(module, store)`` patches every plain Linear in a module
+    Linear           ``SplitLinear`` (an nn.Linear with the same parameters and state dict), or
+                     ``FP8Linear(store=...)`` whose FP8 Wgrad is deferred the same way (fp8/linear.py)
     routed experts   ``expert_matmul(x, w, counts, store)``: rows of x sorted by expert, each block times its
-                     expert's matrix w[e] (the grouped GEMM of an MoE layer, expert_parallel.py)
+                     expert's matrix w[e] (the grouped GEMM of an MoE layer, local or expert-parallel)
 
 Norm gains, the embedding and the MoE gate are cheap and keep their gradients in B.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..moe.dispatch import HAS_GROUPED_MM, grouped_matmul
+from .grouped import block_offsets, grouped_matmul
 
 
 class WeightGradStore:
@@ -72,18 +72,17 @@ class _DeferredLinear(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-def _deferred_forward(module: nn.Linear, store: WeightGradStore, x):
-    return _DeferredLinear.apply(x, module.weight, module.bias, store)
+class SplitLinear(nn.Linear):
+    """``nn.Linear`` (same constructor, parameters and state dict) whose weight gradient goes to ``store``'s
+    queue while the store is deferring, and is computed at once otherwise."""
 
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
+                 store: WeightGradStore):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.store = store
 
-def defer_weight_grads(module: nn.Module, store: WeightGradStore) -> int:
-    """Patch every plain nn.Linear inside ``module`` so its weight gradient can be deferred; returns how many."""
-    n = 0
-    for m in module.modules():
-        if type(m) is nn.Linear:
-            m.forward = functools.partial(_deferred_forward, m, store)
-            n += 1
-    return n
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _DeferredLinear.apply(x, self.weight, self.bias, self.store)
 
 
 class _ExpertMatmul(torch.autograd.Function):
@@ -91,13 +90,13 @@ class _ExpertMatmul(torch.autograd.Function):
     def forward(ctx, x, weight, counts, store):
         ctx.save_for_backward(x, weight, counts)
         ctx.store = store
-        return grouped_matmul(x, weight.transpose(1, 2), counts, _offsets(counts))  # (A, n)
+        return grouped_matmul(x, weight.transpose(1, 2), counts, block_offsets(counts))  # (A, n)
 
     @staticmethod
     def backward(ctx, gy):
         x, weight, counts = ctx.saved_tensors
         gy = gy.contiguous()
-        gx = grouped_matmul(gy, weight, counts, _offsets(counts))  # (A, k): B
+        gx = grouped_matmul(gy, weight, counts, block_offsets(counts))  # (A, k): B
 
         def per_expert():  # W: gy_eᵀ·x_e for each expert's block of rows → (E, n, k)
             sizes = counts.tolist()
@@ -107,10 +106,6 @@ class _ExpertMatmul(torch.autograd.Function):
             ctx.store.queue.append(lambda: accumulate(weight, per_expert()))
             return gx, None, None, None
         return gx, per_expert(), None, None
-
-
-def _offsets(counts: torch.Tensor) -> torch.Tensor | None:
-    return counts.cumsum(0).to(torch.int32) if HAS_GROUPED_MM else None
 
 
 def expert_matmul(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor,

@@ -1,4 +1,4 @@
-"""The small building blocks of every DeepSeek decoder: RMSNorm, rotary embeddings, SwiGLU.
+"""The small building blocks of every DeepSeek decoder: RMSNorm, rotary embeddings, SwiGLU, the loss.
 
 DeepSeek-LLM (§2.2) follows LLaMA: pre-norm blocks with RMSNorm, SwiGLU feed-forward and
 rotary position embeddings (RoPE). V2/V3 keep all three.
@@ -6,6 +6,7 @@ rotary position embeddings (RoPE). V2/V3 keep all three.
     RMSNorm(x) = x / sqrt(mean(x²) + ε) · g                          →  RMSNorm
     SwiGLU(x)  = W_down( SiLU(W_gate x) ⊙ (W_up x) )                 →  SwiGLU
     RoPE       rotates each pair (x_a, x_b) of a head by the angle p·θ^(-2i/d)  →  RotaryEmbedding
+    CE         mean −log p(target) over the positions whose target is not −100    →  cross_entropy
 
 RoPE pairs come in two layouts: LLaMA and DeepSeek-LLM rotate the two *halves* of a head
 (x_i, x_{i+d/2}); DeepSeek-V2/V3's MLA rotates *interleaved* pairs (x_{2i}, x_{2i+1}). Both are
@@ -76,3 +77,13 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
     half = x.shape[-1] // 2
     a, b = x[..., :half], x[..., half:]  # pairs (x_i, x_i+d/2)
     return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+
+
+IGNORE_INDEX = -100  # targets with this value (prompt tokens in SFT, padding) count nowhere in the loss
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in nats (fp32) of logits (..., V) against targets (...), skipping
+    targets equal to ``IGNORE_INDEX``. The one loss every forward pass in dslearn uses (the model, the
+    pipeline stages, the torch-pipelining oracle)."""
+    return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX)
