@@ -118,10 +118,9 @@ def split_with_fp8(dev) -> dict:
 
 
 def throughput(dev, steps: int, reps: int) -> dict:
-    cfg = small(**MLA, hidden_size=1024, intermediate_size=2816, num_hidden_layers=6, num_attention_heads=8,
-                max_position_embeddings=1024, n_routed_experts=16, num_experts_per_tok=4, moe_intermediate_size=512,
-                n_group=4, topk_group=2, q_lora_rank=384, kv_lora_rank=256, qk_nope_head_dim=64,
-                qk_rope_head_dim=32, v_head_dim=64)
+    cfg = small(**(MLA | dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=6, num_attention_heads=8,
+                               max_position_embeddings=1024, n_routed_experts=16, num_experts_per_tok=4,
+                               moe_intermediate_size=512, n_group=4, topk_group=2, q_lora_rank=384, kv_lora_rank=256)))
     B, T = 8, 1024
     modes = {"fp32": (cfg, False), "bf16": (cfg, True), "fp8-triton": (cfg.replace(linear_impl="fp8",
                                                                                     fp8_backend="triton"), False)}
