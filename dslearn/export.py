@@ -28,8 +28,8 @@ o_proj}`` or Llama's ``q/k/v/o_proj``, dense ``.mlp.{gate,up,down}_proj``, ``.ml
     no shared experts (N_s = 0)       .mlp.shared_experts.* of      (V3 always has N_s = 1)
                                         width 0 (they add 0)
     lm_head.weight, tied              not stored (HF re-ties it)    not stored
-    model.mtp.{k}.block.<X>           model.layers.{L+k}.<X>        model.layers.{L+k}.<X>
-    model.mtp.{k}.<Y> (enorm, hnorm,  model.layers.{L+k}.<Y>        model.layers.{L+k}.<Y>
+    mtp.{k}.block.<X>                 model.layers.{L+k}.<X>        model.layers.{L+k}.<X>
+    mtp.{k}.<Y> (enorm, hnorm,        model.layers.{L+k}.<Y>        model.layers.{L+k}.<Y>
       eh_proj, shared_head.*, …)        (not loaded: see MTP)
 
 ``to_hf(model, path, expert_layout="fused")`` writes the installed transformers' fused experts;
@@ -41,8 +41,8 @@ main L: ``model.layers.{L+k}`` holds module k's ``enorm``, ``hnorm``, ``eh_proj`
 ``shared_head.head`` and a whole decoder block. transformers' ``DeepseekV3ForCausalLM`` does not
 build them and skips those keys on load (its ignore list names layer 61, V3's; for other L it logs them
 as unexpected). ``mtp_to_hf_names`` / ``mtp_from_hf_names`` are the one rename rule between our prefix
-``model.mtp.{k}.`` and ``model.layers.{L+k}.``: a key ``model.mtp.{k}.block.<X>`` (the decoder block)
-becomes ``model.layers.{L+k}.<X>``, any other ``model.mtp.{k}.<Y>`` becomes ``model.layers.{L+k}.<Y>``;
+``mtp.{k}.`` and ``model.layers.{L+k}.``: a key ``mtp.{k}.block.<X>`` (the decoder block)
+becomes ``model.layers.{L+k}.<X>``, any other ``mtp.{k}.<Y>`` becomes ``model.layers.{L+k}.<Y>``;
 back again, ``<X>`` that starts with a decoder-block part (``self_attn.``, ``mlp.``,
 ``input_layernorm.``, ``post_attention_layernorm.``) returns under ``block.``.
 
@@ -97,7 +97,7 @@ from .config import ConfigError, ModelConfig
 from .model import CausalLM
 from .moe.experts import fuse_expert_weights, split_expert_weights
 
-MTP_PREFIX = "model.mtp."  # our MTP modules: model.mtp[k] with enorm, hnorm, eh_proj, block, …
+MTP_PREFIX = "mtp."  # our MTP modules: CausalLM.mtp[k] with enorm, hnorm, eh_proj, block, …
 BLOCK_PARTS = ("self_attn.", "mlp.", "input_layernorm.", "post_attention_layernorm.")  # a decoder block's children
 HF_MLA_LATENT_NORM_EPS = 1e-6  # DeepseekV3Attention builds q_a_layernorm / kv_a_layernorm with this eps
 EXPERT_LAYOUTS = ("fused", "per_expert")
@@ -305,7 +305,7 @@ def _same(a, b) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# MTP: one rename rule between model.mtp.{k}. and model.layers.{L+k}.
+# MTP: one rename rule between mtp.{k}. and model.layers.{L+k}.
 def mtp_to_hf_names(state: dict, num_hidden_layers: int, prefix: str = MTP_PREFIX) -> dict:
     """``{prefix}{k}.block.<X>`` → ``model.layers.{L+k}.<X>``; other ``{prefix}{k}.<Y>`` → ``model.layers.{L+k}.<Y>``.
     Keys outside ``prefix`` pass through unchanged."""
@@ -355,7 +355,7 @@ def to_hf(model: CausalLM, path, expert_layout: str = "fused") -> Path:
             if k.endswith("gate.e_score_correction_bias") and v.any():
                 raise ConfigError(f"{k} is non-zero, but topk_method={c.topk_method!r} ignores it while DeepseekV3's "
                                   "router always adds it; zero it (it is unused) or use topk_method='noaux_tc'")
-    n_mtp = len({k.split(".")[2] for k in state if k.startswith(MTP_PREFIX)})
+    n_mtp = len({k[len(MTP_PREFIX):].split(".")[0] for k in state if k.startswith(MTP_PREFIX)})
     if n_mtp != c.num_nextn_predict_layers:
         raise ConfigError(f"num_nextn_predict_layers={c.num_nextn_predict_layers} but the model holds {n_mtp} MTP "
                           f"module(s) under {MTP_PREFIX!r}; the file would promise weights it does not have")

@@ -233,10 +233,10 @@ def test_import_refusals():
 # --- MTP: the rename rule, on a plain state dict --------------------------------------------
 def test_mtp_rename_rule():
     t = torch.zeros(1)
-    ours = {"model.mtp.0.enorm.weight": t, "model.mtp.0.hnorm.weight": t, "model.mtp.0.eh_proj.weight": t,
-            "model.mtp.0.shared_head.norm.weight": t, "model.mtp.0.shared_head.head.weight": t,
-            "model.mtp.0.block.self_attn.kv_b_proj.weight": t, "model.mtp.1.block.mlp.experts.gate_up_proj": t,
-            "model.mtp.1.block.input_layernorm.weight": t, "model.layers.2.mlp.gate.weight": t, "lm_head.weight": t}
+    ours = {"mtp.0.enorm.weight": t, "mtp.0.hnorm.weight": t, "mtp.0.eh_proj.weight": t,
+            "mtp.0.shared_head.norm.weight": t, "mtp.0.shared_head.head.weight": t,
+            "mtp.0.block.self_attn.kv_b_proj.weight": t, "mtp.1.block.mlp.experts.gate_up_proj": t,
+            "mtp.1.block.input_layernorm.weight": t, "model.layers.2.mlp.gate.weight": t, "lm_head.weight": t}
     hf = mtp_to_hf_names(ours, num_hidden_layers=3)
     assert sorted(hf) == sorted([
         "model.layers.3.enorm.weight", "model.layers.3.hnorm.weight", "model.layers.3.eh_proj.weight",
@@ -245,7 +245,7 @@ def test_mtp_rename_rule():
         "model.layers.4.input_layernorm.weight", "model.layers.2.mlp.gate.weight", "lm_head.weight"])
     assert mtp_from_hf_names(hf, num_hidden_layers=3) == ours
     with pytest.raises(KeyError, match="decoder-block part outside"):
-        mtp_to_hf_names({"model.mtp.0.self_attn.o_proj.weight": t}, num_hidden_layers=3)
+        mtp_to_hf_names({"mtp.0.self_attn.o_proj.weight": t}, num_hidden_layers=3)
 
 
 # --- transformers as the outside reference ---------------------------------------------------
