@@ -13,6 +13,7 @@ from attention_helpers import perturbed_model
 
 from dslearn.attention.yarn import parse_rope_scaling, yarn_get_mscale, yarn_inv_freq
 from dslearn.config import ModelConfig
+from dslearn.export import hf_config
 from dslearn.model import CausalLM, with_config
 
 transformers = pytest.importorskip(
@@ -36,20 +37,8 @@ def ours(q_lora_rank=24, rope_scaling=None) -> ModelConfig:
                        max_position_embeddings=128, rope_scaling=rope_scaling)
 
 
-def hf_config(cfg: ModelConfig):
-    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
-    if cfg.rope_scaling is not None:
-        rope = {"rope_type": "yarn", "rope_theta": cfg.rope_theta,
-                **{k: v for k, v in cfg.rope_scaling.items() if k != "type"}}
-    hc = DeepseekV3Config(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_attention_heads, q_lora_rank=cfg.q_lora_rank, kv_lora_rank=cfg.kv_lora_rank,
-        qk_nope_head_dim=cfg.qk_nope_head_dim, qk_rope_head_dim=cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim,
-        first_k_dense_replace=cfg.num_hidden_layers,  # every layer dense: this test is about attention
-        n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, n_group=1, topk_group=1,
-        max_position_embeddings=cfg.max_position_embeddings, rope_interleave=True, num_mtp_layers=0,
-        rms_norm_eps=cfg.rms_norm_eps, rope_parameters=rope, tie_word_embeddings=False, attention_bias=False)
+def reference_config(cfg: ModelConfig):
+    hc = DeepseekV3Config.from_dict(hf_config(cfg))  # the one mapping, dslearn.export
     hc._attn_implementation = "eager"
     return hc
 
@@ -61,7 +50,7 @@ def test_attention_module_matches_hf(q_lora_rank, path):
     cfg = ours(q_lora_rank)
     model = with_config(perturbed_model(cfg, seed=3), mla_impl=path)
     attn = model.model.layers[0].self_attn
-    ref = DeepseekV3Attention(hf_config(cfg), layer_idx=0).eval()
+    ref = DeepseekV3Attention(reference_config(cfg), layer_idx=0).eval()
     ref.load_state_dict(attn.state_dict(), strict=True)  # same names, same shapes: no renaming
     x = torch.randn(2, 50, cfg.hidden_size, generator=torch.Generator().manual_seed(0))
     pos = torch.arange(50)[None].expand(2, 50)
@@ -79,7 +68,7 @@ def test_whole_model_logits_match_hf(rope_scaling, path):
     """Beyond the 32-token 'original' context, so YaRN's frequencies and mscale² both matter."""
     cfg = ours(rope_scaling=rope_scaling)
     model = with_config(perturbed_model(cfg, seed=3), mla_impl=path)
-    ref = DeepseekV3ForCausalLM(hf_config(cfg)).eval()
+    ref = DeepseekV3ForCausalLM(reference_config(cfg)).eval()
     result = ref.load_state_dict(model.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     ids = torch.randint(0, 256, (2, 100), generator=torch.Generator().manual_seed(1))
@@ -93,7 +82,7 @@ def test_yarn_frequencies_and_scales_match_hf():
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     cfg = ours(rope_scaling=YARN)
-    inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](hf_config(cfg))
+    inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](reference_config(cfg))
     y = parse_rope_scaling(cfg)
     ours_inv = yarn_inv_freq(cfg.qk_rope_head_dim, cfg.rope_theta, y["factor"], y["original_max_position_embeddings"])
     torch.testing.assert_close(ours_inv, inv_freq.float(), atol=0, rtol=1e-6)

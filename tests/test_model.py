@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from dslearn.export import hf_config
 from dslearn.layers import apply_rotary
 from dslearn.model import CausalLM
 
@@ -93,13 +94,7 @@ def test_matches_transformers_llama(tiny_config, kv_heads):
     transformers = pytest.importorskip("transformers", reason="transformers is the outside reference")
     cfg = tiny_config.replace(num_key_value_heads=kv_heads)
     ours = CausalLM(cfg, seed=3).eval()
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
-        max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.rms_norm_eps,
-        rope_theta=cfg.rope_theta, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
-    )
+    hf_cfg = transformers.LlamaConfig.from_dict(hf_config(cfg))  # the one mapping, dslearn.export
     hf_cfg._attn_implementation = "eager"
     theirs = transformers.LlamaForCausalLM(hf_cfg).eval()
     missing, unexpected = theirs.load_state_dict(ours.state_dict(), strict=False)

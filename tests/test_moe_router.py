@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dslearn.config import ConfigError, ModelConfig
+from dslearn.export import hf_config
 from dslearn.model import CausalLM
 from dslearn.moe import DeepSeekMoE, route
 
@@ -124,22 +125,13 @@ def _hf():
     return transformers
 
 
-def hf_config(cfg: ModelConfig):
+def reference_config(cfg: ModelConfig):
     from transformers import DeepseekV3Config
 
-    hc = DeepseekV3Config(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_attention_heads, q_lora_rank=cfg.q_lora_rank,
-        kv_lora_rank=cfg.kv_lora_rank or 16, qk_nope_head_dim=cfg.qk_nope_head_dim or 8,  # (unused for MoE-only)
-        qk_rope_head_dim=cfg.qk_rope_head_dim or 8, v_head_dim=cfg.v_head_dim or 8,
-        first_k_dense_replace=cfg.first_k_dense_replace, n_routed_experts=cfg.n_routed_experts,
-        n_shared_experts=cfg.n_shared_experts, num_experts_per_tok=cfg.num_experts_per_tok,
-        moe_intermediate_size=cfg.moe_intermediate_size, n_group=cfg.n_group, topk_group=cfg.topk_group,
-        routed_scaling_factor=cfg.routed_scaling_factor, norm_topk_prob=cfg.norm_topk_prob,
-        max_position_embeddings=cfg.max_position_embeddings, rope_interleave=True, num_mtp_layers=0,
-        rms_norm_eps=cfg.rms_norm_eps, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        tie_word_embeddings=False, attention_bias=False)
+    if cfg.attention_type == "mha":  # DeepseekV3 attention is MLA only; these tests compare the MoE layer alone
+        cfg = cfg.replace(attention_type="mla", kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8,
+                          v_head_dim=8, rope_interleave=True)
+    hc = DeepseekV3Config.from_dict(hf_config(cfg))  # the one mapping, dslearn.export
     hc._attn_implementation = "eager"
     return hc
 
@@ -164,7 +156,7 @@ def test_v3_gate_and_layer_match_hf(impl, groups):
     cfg = v3_config(n_group=n_group, topk_group=topk_group, moe_impl=impl, n_shared_experts=2,
                     num_experts_per_tok=3)
     ours = perturbed_moe(cfg, seed=1)
-    ref = DeepseekV3MoE(hf_config(cfg)).eval()
+    ref = DeepseekV3MoE(reference_config(cfg)).eval()
     result = ref.load_state_dict(ours.state_dict(), strict=True)  # same names and layouts
     assert not result.missing_keys and not result.unexpected_keys
     x = torch.randn(3, 40, cfg.hidden_size, generator=torch.Generator().manual_seed(2))
@@ -197,7 +189,7 @@ def test_whole_moe_model_exports_to_hf_deepseek_v3():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
         for layer in model.model.layers[1:]:
             layer.mlp.gate.e_score_correction_bias.copy_(0.05 * torch.randn(cfg.n_routed_experts, generator=g))
-    ref = DeepseekV3ForCausalLM(hf_config(cfg)).eval()
+    ref = DeepseekV3ForCausalLM(reference_config(cfg)).eval()
     result = ref.load_state_dict(model.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     ids = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(1))
