@@ -105,14 +105,13 @@ def check_number(owner: str, name: str, value: Any, minimum: float | None = None
     ok = ok and (maximum is None or value <= maximum)
     if ok:
         return
-    low = None if minimum is None else f"{'>' if above else '>='} {minimum}"
-    if low is not None and maximum is not None:
+    if minimum is not None and maximum is not None:
         want = f"in {'(' if above else '['}{minimum}, {maximum}]"
-    elif none_ok:
-        want = f"{low or f'<= {maximum}'} or None"
     else:
-        want = " ".join(w for w in ("a finite number" if finite else "a number", low,
-                                    None if maximum is None else f"<= {maximum}") if w)
+        bound = (f"{'>' if above else '>='} {minimum}" if minimum is not None
+                 else f"<= {maximum}" if maximum is not None else "")
+        kind = "a finite number" if finite else "a number"
+        want = f"{bound or kind} or None" if none_ok else f"{kind} {bound}".rstrip()
     raise ConfigError(f"{owner}.{name} must be {want}, got {value!r}")
 
 
