@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from dslearn.attention.cache_accounting import attention_variants, cache_bytes
-from dslearn.attention.decode_bench import measure_decode
 from dslearn.config import ModelConfig
 from dslearn.model import CausalLM
+from dslearn.studies.decode import measure_decode
 
 OUT = Path(__file__).resolve().parents[1] / "experiments" / "attention"
 

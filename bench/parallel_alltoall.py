@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dslearn.parallel.timeline import measure_expert_parallel
+from dslearn.studies.parallel import measure_expert_parallel
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dslearn.parallel.timeline import measure_schedules
+from dslearn.studies.parallel import measure_schedules
 
 
 def main() -> None:

@@ -7,7 +7,9 @@ with FP32 promotion, an FP8 Linear layer — in plain torch, and as Triton kerne
     backend.py       "auto" / "torch" / "triton" / "interpret" dispatch; Triton stays optional
     accumulation.py  an emulated ~14-bit tensor-core accumulator, with and without promotion
     linear.py        FP8Linear: Fprop, Dgrad and Wgrad in FP8
-    studies.py       the chapter's experiments (scaling error, accumulation error, FP8 vs BF16 training)
+
+The chapter's experiments (scaling error with outliers, FP32 vs BF16 vs FP8 training) train and measure
+models, so they live in ``dslearn.studies.fp8``; this package imports nothing above ``dslearn.config``.
 """
 
 from .accumulation import accumulation_sweep, limited_precision_matmul

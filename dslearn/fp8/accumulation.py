@@ -38,6 +38,7 @@ where C_exact ≈ 0) and as a normwise relative error.
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from .formats import to_fp8
 
@@ -116,8 +117,6 @@ def accumulation_sweep(Ks=(128, 512, 1024, 2048, 4096, 8192), promote_every=(Non
 
     Returns rows {dist, K, accumulation, max_rel_to_abs_sum, norm_rel}; accumulation is "fp32",
     "limited" (no promotion) or "promote N" ."""
-    from tqdm.auto import tqdm
-
     rows = []
     jobs = [(d, K) for d in dists for K in Ks]
     for dist, K in tqdm(jobs, desc="K sweep", disable=not progress):

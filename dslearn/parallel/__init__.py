@@ -9,10 +9,11 @@
                    of layers/weightgrad.py), F&B halves overlapped in two threads
     expert_parallel.py  routed experts across an expert-parallel group: dispatch and combine as all-to-alls
     oracle.py      the same stages under torch.distributed.pipelining.ScheduleDualPipeV (the outside check)
-    timeline.py    measured timelines: bubble, per-op costs, the schedule figure, the timing experiment
+    timeline.py    reading a measured timeline: bubble, per-op costs, the schedule figure
 
-The stages, p2p, runtime, expert_parallel, launcher, oracle and timeline modules import torch.distributed or
-the model; import them by name.
+The stages, p2p, runtime, expert_parallel, launcher and oracle modules import torch.distributed or the model;
+import them by name. The timing experiments that run them (and their model configs) are a study:
+``dslearn.studies.parallel``.
 """
 
 from .schedules import (

@@ -14,6 +14,8 @@ C = M·D for D training tokens. Two parameter-based stand-ins are compared with 
 ``flops_per_token`` computes M from a real ``ModelConfig`` — counting the actual matrices of the layer
 (GQA's smaller K/V projections, the FFN's real width, MLA's projections, only the *activated* experts of a
 MoE layer) — and reduces to the closed form above for a standard layer (attention 4d², FFN 8d²).
+(That it counts what a real step costs is measured, on a built model, by
+``dslearn.studies.scaling.measured_flops_per_token``.)
 
     paper            code
     N1, N2           non_embedding_params(cfg), non_embedding_params(cfg) + n_vocab·d (``six_n2``)
@@ -81,29 +83,6 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
         d_qk = d_v = cfg.head_dim
     attention = 6 * cfg.num_hidden_layers * l_seq * cfg.num_attention_heads * (d_qk + d_v)
     return 6 * matrices + attention
-
-
-def measured_flops_per_token(cfg: ModelConfig, seq_len: int | None = None, max_params: float = 5e7) -> dict:
-    """FLOPs of one real training step (forward + backward) per token, counted by torch's own
-    ``FlopCounterMode`` on a freshly built CausalLM, with attention on its plain-matmul path so the
-    score and weighted-sum products are counted too. Returns {"total", "head", "non_embedding"}:
-    the output head costs 6·n_vocab·d; what remains is what M predicts. Small configs only."""
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ..model import CausalLM
-
-    if parameter_counts(cfg)["total"] > max_params:
-        raise ValueError(f"measuring FLOPs builds the model; this config has more than {max_params:.0e} parameters")
-    l_seq = seq_len or cfg.max_position_embeddings
-    model = CausalLM(cfg)
-    x = torch.zeros(1, l_seq, dtype=torch.long)
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(x, x).loss.backward()
-    total = counter.get_total_flops() / l_seq
-    head = 6 * cfg.vocab_size * cfg.hidden_size
-    return {"total": total, "head": head, "non_embedding": total - head}
 
 
 def M_closed_form(n_layer: int, d_model: int, l_seq: int) -> int:

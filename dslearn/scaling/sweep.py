@@ -1,13 +1,14 @@
-"""A sweep runner for miniature scaling studies: many small training runs, two at a time, cached.
+"""Designing a miniature scaling sweep: run specs, IsoFLOP grids, the laws' hyperparameters, the results file.
 
 Each run is a ``RunSpec``: a model shape, a compute budget C (FLOPs), a batch size and a learning rate.
-The runner trains it to exactly its token budget D = C / M (M = non-embedding FLOPs/token of the shape,
-``accounting.flops_per_token``), with the LR schedule ending with the run, and records the final
-validation bits per byte. Finished runs are appended to a JSON-lines file, one line per run, keyed by
-the spec; re-running a sweep skips what is already there, so an interrupted sweep resumes where it stopped.
+Its token budget is D = C / M (M = non-embedding FLOPs/token of the shape, ``accounting.flops_per_token``),
+so its step count follows from the spec alone. ``isoflop_grid`` lays out IsoFLOP profiles (model sizes
+spaced evenly in log M around a centre, at each budget), ``with_law_hyperparameters`` sets batch size and
+LR from DeepSeek-LLM's laws, and ``load_results`` reads a sweep's results file (JSON lines, one row per
+run, keyed by ``RunSpec.key()``).
 
-On a 2-core machine two single-thread workers beat one two-thread run (small matmuls parallelise badly),
-so ``run_sweep`` uses a pool of ``workers`` processes with one torch thread each.
+Training the specs is an experiment, not part of the idea: ``dslearn.studies.scaling.run_sweep`` trains
+each spec to its budget and appends its row to the results file.
 """
 
 from __future__ import annotations
@@ -15,17 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing as mp
 import os
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
 from ..config import ModelConfig
-from .accounting import flops_per_token, non_embedding_params
+from .accounting import flops_per_token
+from .laws import optimal_hyperparameters
 
 MIN_STEPS = 300  # fewer optimizer steps than this and a run's loss says little about its shape
 
@@ -81,8 +78,6 @@ def with_law_hyperparameters(spec: RunSpec, lr_scale: float = 1.0, batch_scale: 
 
     The batch is capped so that the run still gets ``MIN_STEPS`` optimizer steps; below 4 sequences it
     is not lowered further (and the run reports its step count)."""
-    from .laws import optimal_hyperparameters
-
     hp = optimal_hyperparameters(spec.budget, spec.seq_len)
     batch = round(hp["batch_sequences"] * batch_scale)
     cap = spec.tokens // (MIN_STEPS * spec.seq_len)
@@ -110,67 +105,9 @@ def isoflop_grid(budgets, M_center, n_sizes: int = 5, spread: float = 4.0, **spe
     return specs
 
 
-def run_one(spec: RunSpec, threads: int = 1) -> dict:
-    """Train one spec to its token budget; return its row for the results file."""
-    from ..data import TokenStream, load_corpus
-    from ..model import CausalLM
-    from ..train import DivergenceError, TrainConfig, Trainer
-    from .data_quality import degrade
-
-    torch.set_num_threads(threads)
-    corpus = load_corpus()
-    train = corpus.train if spec.data == "clean" else degrade(corpus.train, seed=spec.seed)
-    cfg = spec.config()
-    model = CausalLM(cfg, seed=spec.seed)
-    steps = spec.steps
-    tcfg = TrainConfig(steps=steps, batch_size=spec.batch_size, seq_len=spec.seq_len, lr=spec.lr,
-                       warmup_steps=max(1, steps // 20), schedule="cosine", min_lr_ratio=0.1, eval_every=0,
-                       eval_windows=256, seed=spec.seed, progress=False)
-    row = {**asdict(spec), "key": spec.key(), "M": spec.M, "tokens": steps * spec.batch_size * spec.seq_len,
-           "steps": steps, "N_non_embedding": non_embedding_params(cfg), "d_model": cfg.hidden_size,
-           "python": corpus.python_version, "corpus_sha256": corpus.sha256}
-    t0 = time.perf_counter()
-    try:
-        result = Trainer(model, tcfg, TokenStream(train, "train"), TokenStream(corpus.val, "validation")).fit()
-        row.update(val_loss=result.val[-1]["val_loss"], val_bpb=result.val[-1]["val_bpb"],
-                   train_loss=sum(result.losses[-20:]) / len(result.losses[-20:]), diverged=False)
-    except DivergenceError as e:
-        row.update(val_loss=float("nan"), val_bpb=float("nan"), train_loss=float("nan"), diverged=True, error=str(e))
-    row["wall_s"] = time.perf_counter() - t0
-    return row
-
-
 def load_results(path: str | os.PathLike) -> list[dict]:
+    """The rows of a results file (JSON lines); [] when it does not exist yet."""
     path = Path(path)
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def run_sweep(specs: list[RunSpec], results_path: str | os.PathLike, workers: int = 2,
-              progress: bool = True) -> list[dict]:
-    """Run every spec not yet in results_path (JSON lines), ``workers`` at a time; return all rows for specs."""
-    results_path = Path(results_path)
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    done = {row["key"]: row for row in load_results(results_path)}
-    todo = [s for s in specs if s.key() not in done]
-    todo.sort(key=lambda s: -s.budget)  # longest first: better packing on two workers
-    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="sweep", unit="run", disable=not progress)
-    try:
-        if workers <= 1 or len(todo) <= 1:
-            rows = map(run_one, todo)
-            pool = None
-        else:
-            pool = mp.get_context("spawn").Pool(workers)
-            rows = pool.imap_unordered(run_one, todo)
-        for row in rows:
-            with open(results_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            done[row["key"]] = row
-            bar.update(1)
-        if pool is not None:
-            pool.close()
-            pool.join()
-    finally:
-        bar.close()
-    return [done[s.key()] for s in specs]

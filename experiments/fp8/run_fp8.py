@@ -29,7 +29,7 @@ import torch
 
 from dslearn.data import load_corpus
 from dslearn.fp8.accumulation import accumulation_sweep
-from dslearn.fp8.studies import relative_gap, scaling_error_study, train_compare
+from dslearn.studies.fp8 import relative_gap, scaling_error_study, train_compare
 
 HERE = Path(__file__).resolve().parent
 TRAIN_MODES = ("fp32", "bf16", "fp8", "fp32@1")
@@ -68,7 +68,7 @@ def run_training(out: Path, steps: int) -> float:
     res = train_compare(modes=TRAIN_MODES, **settings)
     summary = {
         "settings": settings,
-        "model": "hidden 128, intermediate 384, 4 layers, 4 heads, vocab 256 (dslearn.fp8.studies.fp8_model_config)",
+        "model": "hidden 128, intermediate 384, 4 layers, 4 heads, vocab 256 (dslearn.studies.fp8.fp8_model_config)",
         "gap_percent": {"fp8 vs bf16": relative_gap(res, "fp8", "bf16"),
                         "fp8 vs fp32": relative_gap(res, "fp8", "fp32"),
                         "bf16 vs fp32": relative_gap(res, "bf16", "fp32"),

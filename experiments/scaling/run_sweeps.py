@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from dslearn.scaling import B_OPT, ETA_OPT, M_OPT, fit_isoflop, fit_parametric, fit_power_law
-from dslearn.scaling.sweep import RunSpec, isoflop_grid, load_results, run_sweep, width_for, with_law_hyperparameters
+from dslearn.scaling.sweep import RunSpec, isoflop_grid, load_results, width_for, with_law_hyperparameters
+from dslearn.studies.scaling import run_sweep
 
 HERE = Path(__file__).resolve().parent
 BUDGETS = [1e11, 3e11, 1e12]  # IsoFLOP budgets

@@ -1,10 +1,11 @@
-"""The chapter's three experiments, as functions the notebook runs small and experiments/fp8/ runs full.
+"""Chapter 05's experiments, as functions the notebook runs small and experiments/fp8/run_fp8.py runs full.
 
 1. ``scaling_error_study`` — why fine-grained scaling: activations with outliers quantised with one
    scale per tensor, per token, per 1×128 tile (DeepSeek) and per 128×128 block; the relative
    error of the ordinary (non-outlier) values and how many of them are flushed to zero.
-2. ``accumulation.accumulation_sweep`` — why promotion: error of an emulated 14-bit tensor-core
-   accumulator vs K, with and without FP32 promotion every N_C = 128 (lives in accumulation.py).
+2. ``dslearn.fp8.accumulation.accumulation_sweep`` — why promotion: error of an emulated 14-bit
+   tensor-core accumulator vs K, with and without FP32 promotion every N_C = 128 (it emulates the
+   hardware and needs no model, so it stays with the idea it illustrates).
 3. ``train_compare`` — does it train: the same small model, data and budget with fp32, bf16
    autocast and FP8Linear; the relative gap in final validation loss (DeepSeek-V3: < 0.25% vs BF16).
 """
@@ -15,7 +16,11 @@ import time
 
 import torch
 
-from .reference import TILE_ACT, TILE_WEIGHT, fake_quantize
+from ..config import ModelConfig
+from ..data import TokenStream, load_corpus
+from ..fp8.reference import TILE_ACT, TILE_WEIGHT, fake_quantize
+from ..model import CausalLM
+from ..train import TrainConfig, Trainer
 
 SCHEMES = {  # name → tile (None = per tensor); "per token" is one scale per row of the whole tensor
     "per tensor": None,
@@ -73,7 +78,6 @@ def scaling_error_study(magnitudes=(1, 10, 100, 1e3, 1e4, 3e4, 1e5), kinds=("spa
 # ----------------------------------------------------------------------------------------
 def fp8_model_config(**overrides):
     """The comparison model: every Linear's in/out size a multiple of 128 (hidden 128, FFN 384)."""
-    from ..config import ModelConfig
     base = dict(vocab_size=256, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                 max_position_embeddings=128)
     base.update(overrides)
@@ -88,10 +92,6 @@ def train_compare(modes=("fp32", "bf16", "fp8"), steps: int = 400, batch_size: i
     modes: "fp32" (plain), "bf16" (autocast, fp32 master weights), "fp8" (every Linear but the
     output head is FP8Linear). A mode may carry a seed, "fp32@1", to measure seed-to-seed noise.
     Returns {mode: {final_val_loss, final_val_bpb, losses, val, tokens_per_s, wall_s}}."""
-    from ..data import TokenStream, load_corpus
-    from ..model.transformer import CausalLM
-    from ..train import TrainConfig, Trainer
-
     corpus = load_corpus()
     train, val = TokenStream(corpus.train, "train"), TokenStream(corpus.val, "val")
     out = {}
