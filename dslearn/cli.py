@@ -2,62 +2,202 @@
 
     python -m dslearn tour                      # the 1–2 minute end-to-end run
     dslearn train --preset tiny --steps 300 --out runs/tiny
+    dslearn train --preset tiny --set num_hidden_layers=2 --set lr=3e-3 --out runs/two-layers
     dslearn sample runs/tiny --prompt "def "
+
+``train`` and ``tour`` can set every ``ModelConfig`` and ``TrainConfig`` field (CONFIGURING, below, is
+also their ``--help`` text); ``build_configs`` turns a parsed command line into the two configs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
 
-from .config import ACCOUNTING_ONLY, get_preset, preset_names
+from .config import (
+    ACCOUNTING_ONLY,
+    ConfigError,
+    ModelConfig,
+    field_names,
+    get_preset,
+    preset_fields,
+    preset_names,
+    unknown_names_error,
+)
 
 TOUR = dict(preset="tiny", steps=300, batch_size=16, lr=3e-3, warmup_steps=30, eval_every=100)
 
+CONFIGURING = """\
+configuring the run: every ModelConfig and TrainConfig field can be set; later layers override earlier ones
+  1. --preset NAME         the preset's ModelConfig fields; the training defaults shown below
+  2. --config FILE.json    {"model": {ModelConfig fields}, "train": {TrainConfig fields}}, both optional;
+                           a run directory's config.json ({"model_config": ..., "train_config": ...}) works too
+  3. --set KEY=VALUE       repeatable; VALUE is read as JSON when it parses (2, 3e-3, true, null,
+                           '{"type": "yarn", "factor": 4}'), else as a string (cosine); KEY is a field name,
+                           written model.KEY or train.KEY when a name belongs to both
+  4. the named flags       --steps, --lr, ... when given on the command line
+Fields the preset derives (head_dim, num_key_value_heads) follow the changed sizes unless set themselves."""
 
-def _train_args(p: argparse.ArgumentParser, defaults: dict) -> None:
+# The named flags of train/tour: each sets the TrainConfig field named like it (dashes → underscores).
+_TRAIN_FLAGS = (
+    ("--steps", int, "optimizer steps"),
+    ("--batch-size", int, "sequences per step"),
+    ("--seq-len", int, "tokens per sequence, None = the model's context"),
+    ("--lr", float, "peak learning rate"),
+    ("--warmup-steps", int, "linear warm-up steps"),
+    ("--schedule", str, "learning-rate schedule"),
+    ("--eval-every", int, "steps between validation passes (0 = only at the end)"),
+    ("--checkpoint-every", int, "steps between checkpoints (0 = only at the end)"),
+    ("--seed", int, "model initialisation and batch order"),
+    ("--device", str, "cpu, cuda, mps or auto"),
+)
+_TRAIN_DESTS = (*(flag[2:].replace("-", "_") for flag, _, _ in _TRAIN_FLAGS), "bf16", "progress")
+
+
+class _Given(argparse.Action):
+    """Store the value (``const`` for a switch) and record the field in ``namespace.given``, so that a flag
+    typed on the command line outranks --config and --set while its default does not."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        namespace.given = namespace.given | {self.dest}
+
+
+def _train_args(p: argparse.ArgumentParser, overrides: dict) -> None:
+    # Imported here, not at the top: `dslearn check` must run, and report, when torch is broken.
+    from .train import TrainConfig
+    from .train.schedule import SCHEDULES
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)} | overrides
+    p.set_defaults(given=frozenset())
     p.add_argument("--preset", default=defaults.get("preset", "tiny"), choices=preset_names(),
                    help="model preset (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=defaults.get("steps", 1000),
-                   help="optimizer steps (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 16), help="sequences per step")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the preset's context)")
-    p.add_argument("--lr", type=float, default=defaults.get("lr", 2e-3), help="peak learning rate")
-    p.add_argument("--warmup-steps", type=int, default=defaults.get("warmup_steps", 50))
-    p.add_argument("--schedule", default="multistep", choices=("multistep", "cosine", "constant"))
-    p.add_argument("--eval-every", type=int, default=defaults.get("eval_every", 100))
-    p.add_argument("--checkpoint-every", type=int, default=0, help="0 = only at the end")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on CPUs with AMX/AVX512-BF16)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--config", metavar="FILE.json", help="model and training fields from a JSON file (see above)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any ModelConfig or TrainConfig field; repeatable (see above)")
+    for flag, kind, text in _TRAIN_FLAGS:
+        dest = flag[2:].replace("-", "_")
+        p.add_argument(flag, dest=dest, type=kind, default=defaults[dest], action=_Given,
+                       choices=SCHEDULES if dest == "schedule" else None, help=f"{text} (default: %(default)s)")
+    p.add_argument("--bf16", action=_Given, nargs=0, const=True, default=defaults["bf16"],
+                   help="bf16 autocast (fast on CPUs with AMX/AVX512-BF16)")
+    p.add_argument("--no-progress", dest="progress", action=_Given, nargs=0, const=False,
+                   default=defaults["progress"], help="hide the progress bar")
+
+
+def _resolve_key(key: str, model_keys: set[str], train_keys: set[str]) -> tuple[str, str]:
+    """("model" | "train", field name) for a --set KEY, prefixed or not."""
+    section, dot, name = key.partition(".")
+    if dot and section in ("model", "train"):
+        known = model_keys if section == "model" else train_keys
+        if name not in known:
+            raise unknown_names_error(f"{'ModelConfig' if section == 'model' else 'TrainConfig'} field",
+                                      [name], known)
+        return section, name
+    if key in model_keys and key in train_keys:
+        raise ConfigError(f"--set {key}: ambiguous, both ModelConfig and TrainConfig have it; "
+                          f"write model.{key} or train.{key}")
+    if key in model_keys:
+        return "model", key
+    if key in train_keys:
+        return "train", key
+    raise unknown_names_error("config key (a ModelConfig or TrainConfig field)", [key], model_keys | train_keys)
+
+
+def _parse_sets(items: list[str], model_keys: set[str], train_keys: set[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {"model": {}, "train": {}}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        section, name = _resolve_key(key.strip(), model_keys, train_keys)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out[section][name] = value
+    return out
+
+
+_SECTIONS = {"model": "model", "train": "train", "model_config": "model", "train_config": "train"}
+
+
+def _read_config_file(path: str) -> dict[str, dict]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"--config {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object {{\"model\": {{...}}, \"train\": {{...}}}}")
+    unknown = set(data) - set(_SECTIONS)
+    if unknown:
+        raise unknown_names_error(f"section(s) in {path} (use \"model\" and \"train\")", unknown, _SECTIONS)
+    out: dict[str, dict] = {"model": {}, "train": {}}
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"--config {path}: {key!r} must be a JSON object of fields, got {value!r}")
+        out[_SECTIONS[key]] |= value
+    return out
+
+
+def build_configs(args):
+    """The (ModelConfig, TrainConfig) a parsed ``train``/``tour`` command line asks for.
+
+    Layers, each overriding the one before: the preset and TrainConfig's defaults (the command's own
+    defaults for ``tour``), ``--config``, each ``--set``, then the named flags given on the command line.
+    Raises ConfigError (or TrainConfig's ValueError) with a one-line message naming the field."""
+    from .train import TrainConfig
+
+    model_keys, train_keys = field_names(ModelConfig), field_names(TrainConfig)
+    model = preset_fields(args.preset)
+    train = {dest: getattr(args, dest) for dest in _TRAIN_DESTS if dest not in args.given}  # flag defaults
+    layers = [_read_config_file(args.config)] if args.config else []
+    layers.append(_parse_sets(args.overrides, model_keys, train_keys))
+    layers.append({"model": {}, "train": {dest: getattr(args, dest) for dest in args.given}})
+    for layer in layers:
+        model |= layer["model"]
+        train |= layer["train"]
+    unknown = set(train) - train_keys
+    if unknown:
+        raise unknown_names_error("TrainConfig field(s)", unknown, train_keys)
+    return ModelConfig.from_dict(model), TrainConfig(**train)
+
+
+def _configs_or_exit(args):
+    """build_configs, with a bad field reported as one line and exit status 2 (a usage error, like argparse's)."""
+    try:
+        return build_configs(args)
+    except (ValueError, TypeError) as e:  # ConfigError is a ValueError; TypeError: a value of the wrong type
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _run_training(args, run_dir: Path | None, resume: bool):
     from .data import TokenStream, load_corpus
     from .model import CausalLM
-    from .train import TrainConfig, Trainer
+    from .train import Trainer
 
     if args.preset in ACCOUNTING_ONLY:
         raise SystemExit(f"error: preset {args.preset!r} describes a paper-scale model for accounting only; "
                          f"train 'tiny' or 'small'")
+    cfg, tcfg = _configs_or_exit(args)
     corpus = load_corpus()
     print(corpus.describe())
-    cfg = get_preset(args.preset)
-    model = CausalLM(cfg, seed=args.seed)
-    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                       warmup_steps=args.warmup_steps, schedule=args.schedule, eval_every=args.eval_every,
-                       checkpoint_every=args.checkpoint_every, bf16=args.bf16, seed=args.seed,
-                       device=args.device, progress=not args.no_progress)
-    print(f"model: preset {args.preset!r}, {model.num_parameters():,} parameters "
-          f"({model.num_parameters(non_embedding=True):,} non-embedding)")
+    model = CausalLM(cfg, seed=tcfg.seed)
+    changed = ", ".join(f"{k}={v[0]!r}" for k, v in cfg.differences(get_preset(args.preset)).items())
+    print(f"model: preset {args.preset!r}{f' with {changed}' if changed else ''}, "
+          f"{model.num_parameters():,} parameters ({model.num_parameters(non_embedding=True):,} non-embedding)")
     train, val = TokenStream(corpus.train, "train split"), TokenStream(corpus.val, "validation split")
     trainer = Trainer(model, tcfg, train, val, run_dir=run_dir)
     t0 = time.perf_counter()
     result = trainer.fit(resume=resume)
-    return model, result, time.perf_counter() - t0
+    return model, tcfg, result, time.perf_counter() - t0
 
 
 def _sample_text(model, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None, seed: int) -> str:
@@ -89,7 +229,7 @@ def cmd_train(args) -> int:
     from .train import DivergenceError
 
     try:
-        _, result, seconds = _run_training(args, Path(args.out), resume=not args.no_resume)
+        _, _, result, seconds = _run_training(args, Path(args.out), resume=not args.no_resume)
     except DivergenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -113,23 +253,27 @@ def cmd_tour(args) -> int:
 
     run_dir = Path(args.out) if args.out else None
     print("dslearn tour: train the tiny DeepSeek-LLM baseline on the Python standard library.\n")
-    model, result, seconds = _run_training(args, run_dir, resume=False)
+    model, tcfg, result, seconds = _run_training(args, run_dir, resume=False)
     first, last = result.losses[0], sum(result.losses[-10:]) / min(10, len(result.losses))
     print(f"\ntrained {result.steps_done} steps in {seconds:.0f} s ({result.tokens_per_s:,.0f} tokens/s)")
     print(f"training loss: {first:.3f} → {last:.3f} nats/byte (uniform guess: ln 256 = {math.log(256):.3f})")
     print(f"validation: {result.final_val_bpb:.3f} bits per byte (uniform guess: 8.000)")
     print("\nsample (temperature 0.8, top-k 40):\n" + "-" * 60)
-    print(_sample_text(model, args.prompt, 200, 0.8, 40, args.seed))
+    print(_sample_text(model, args.prompt, 200, 0.8, 40, tcfg.seed))
     print("-" * 60)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(training: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; ``training=False`` leaves out train and tour, whose options import torch."""
     parser = argparse.ArgumentParser(prog="dslearn", description="DeepSeek's ideas in miniature: the course's tools.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="report on the environment ([OK]/[WARN]/[FAIL])")
     p.set_defaults(func=cmd_check)
-    p = sub.add_parser("train", help="pretrain a preset model on the embedded corpus")
+    if not training:
+        return parser
+    described = dict(description=CONFIGURING, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("train", help="pretrain a preset model on the embedded corpus", **described)
     _train_args(p, {})
     p.add_argument("--out", required=True, help="run directory (metrics.jsonl, checkpoints)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue a run found in --out")
@@ -144,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_sample)
-    p = sub.add_parser("tour", help="the 1–2 minute end-to-end run: train tiny, report bits/byte, sample")
+    p = sub.add_parser("tour", help="the 1–2 minute end-to-end run: train tiny, report bits/byte, sample",
+                       **described)
     _train_args(p, TOUR)
     p.add_argument("--out", default=None, help="keep the run here (default: not saved)")
     p.add_argument("--prompt", default="def ")
@@ -153,5 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `check` diagnoses a broken install, so its parser must not import torch (train/tour options do).
+    args = build_parser(training=argv[:1] != ["check"]).parse_args(argv)
     return args.func(args)

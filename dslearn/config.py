@@ -19,6 +19,21 @@ paper symbol it stands for:
     α (V3 sequence-wise loss), γ, b_i     seq_aux_loss_alpha, bias_update_speed, gate.e_score_correction_bias
     D (MTP depth)                         num_nextn_predict_layers
 
+Implementation choices (same weights, a different computation) are fields too, each with the tuple of
+names it accepts (``CHOICES``); ``dslearn.model.parts`` is the one place that turns them into modules:
+
+    choice                                code (accepted names)
+    ------------------------------        ---------------------------
+    MLA path: re-expand K/V, or absorb    mla_impl (MLA_IMPLS: "naive", "absorbed")
+      W^UK into W^Q and W^UV into W^O
+    routed-expert dispatch                moe_impl (MOE_IMPLS: "grouped", "loop")
+    Linear layers: torch or FP8 (V3 §3.3) linear_impl (LINEAR_IMPLS: "torch", "fp8")
+    where FP8 GEMMs run                   fp8_backend (FP8_BACKENDS: "auto", "torch", "triton", "interpret")
+
+Validation happens once, when a config is made: ``validate()`` raises ``ConfigError`` naming the field
+(``rope_scaling`` included: ``yarn_settings`` is the one parser of that dict). ``check_int`` and
+``check_number`` are the integer and number checks every config dataclass of the course uses.
+
 The foundation builds the DeepSeek-LLM baseline (``attention_type="mha"``, dense SwiGLU).
 The MLA and MoE fields are already here so that the paper-scale presets describe the real
 models for accounting (parameter counts, FLOPs, cache sizes); later chapters register the
@@ -31,12 +46,19 @@ modules that build them.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import json
-from dataclasses import dataclass, field
+import math
+import numbers
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+# --- the names each choice field accepts (one declaration; modules import them from here) -----------
 ATTENTION_TYPES = ("mha", "mla")  # "mha" covers GQA and MQA through num_key_value_heads
+MLA_IMPLS = ("naive", "absorbed")  # MLA computed by re-expanding K/V, or over the latents with W^UK absorbed
 SCORING_FUNCS = ("softmax", "sigmoid")  # V2 softmax gate, V3 sigmoid gate
 # Expert selection (Hugging Face DeepseekV2Config.topk_method names): plain top-K_r; V2's
 # device-limited top-K_r (group score = best expert); V3's aux-loss-free node-limited top-K_r
@@ -44,10 +66,107 @@ SCORING_FUNCS = ("softmax", "sigmoid")  # V2 softmax gate, V3 sigmoid gate
 TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 MOE_IMPLS = ("grouped", "loop")  # fast sorted/grouped-matmul dispatch, or the per-expert reference loop
 LINEAR_IMPLS = ("torch", "fp8")
+FP8_BACKENDS = ("auto", "torch", "triton", "interpret")  # where FP8 GEMMs run (dslearn/fp8/backend.py)
+# Every ModelConfig field that chooses among names, with the names it accepts.
+CHOICES = {"attention_type": ATTENTION_TYPES, "mla_impl": MLA_IMPLS, "scoring_func": SCORING_FUNCS,
+           "topk_method": TOPK_METHODS, "moe_impl": MOE_IMPLS, "linear_impl": LINEAR_IMPLS,
+           "fp8_backend": FP8_BACKENDS}
+# The keys a YaRN ``rope_scaling`` dict may hold (Hugging Face / DeepSeek config names).
+YARN_KEYS = frozenset({"type", "rope_type", "factor", "original_max_position_embeddings", "beta_fast",
+                       "beta_slow", "mscale", "mscale_all_dim"})
+# Fields older saved configs carry that no longer exist; from_dict drops them. "extra" held free-form
+# notes nobody read (every config this repository wrote has {} there), and a difference in it blocked
+# checkpoint loads.
+REMOVED_FIELDS = frozenset({"extra"})
 
 
 class ConfigError(ValueError):
     """A configuration field has a value the model cannot use; the message names the field."""
+
+
+# --- checks shared by every config dataclass (ModelConfig here, TrainConfig, GRPOConfig) -------------
+def check_int(owner: str, name: str, value: Any, minimum: int) -> None:
+    """Raise ConfigError unless ``value`` is an int (a bool is not) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_number(owner: str, name: str, value: Any, minimum: float | None = None, maximum: float | None = None,
+                 *, above: bool = False, finite: bool = True, none_ok: bool = False) -> None:
+    """Raise ConfigError unless ``value`` is a real number (a bool is not) in range.
+
+    The range is ``value >= minimum`` (``> minimum`` when ``above``) and ``value <= maximum``; NaN and
+    ±inf are refused while ``finite``; None passes when ``none_ok``."""
+    if value is None and none_ok:
+        return
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and not math.isnan(value) and (math.isfinite(value) or not finite)
+    ok = ok and (minimum is None or (value > minimum if above else value >= minimum))
+    ok = ok and (maximum is None or value <= maximum)
+    if ok:
+        return
+    if minimum is not None and maximum is not None:
+        want = f"in {'(' if above else '['}{minimum}, {maximum}]"
+    else:
+        bound = (f"{'>' if above else '>='} {minimum}" if minimum is not None
+                 else f"<= {maximum}" if maximum is not None else "")
+        kind = "a finite number" if finite else "a number"
+        want = f"{bound or kind} or None" if none_ok else f"{kind} {bound}".rstrip()
+    raise ConfigError(f"{owner}.{name} must be {want}, got {value!r}")
+
+
+def check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raise ConfigError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{owner}.{name} must be one of {choices}, got {value!r}")
+
+
+def unknown_names_error(what: str, unknown: Iterable[str], known: Iterable[str]) -> ConfigError:
+    """A one-line ConfigError naming each unknown name with its closest known names (a typo's likely fix)."""
+    known = sorted(known)
+    parts = []
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name, known, n=3)
+        parts.append(repr(name) + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    return ConfigError(f"unknown {what}: {'; '.join(parts)}")
+
+
+def yarn_settings(config: ModelConfig) -> dict | None:
+    """The YaRN settings of ``config.rope_scaling`` with defaults filled in, or None when it is None.
+
+    The one parser of that dict: ``ModelConfig.validate`` calls it (so a bad dict fails when the config is
+    made, naming the key) and ``attention/yarn.py`` reads its settings through it."""
+    rs = config.rope_scaling
+    if rs is None:
+        return None
+    if not isinstance(rs, dict):
+        raise ConfigError(f"ModelConfig.rope_scaling must be a dict like {{'type': 'yarn', 'factor': 40}} "
+                          f"or None, got {rs!r}")
+    kind = rs.get("type", rs.get("rope_type"))
+    if kind != "yarn":
+        raise ConfigError(f"ModelConfig.rope_scaling['type'] must be 'yarn' (the only scaling V3 uses), got {kind!r}")
+    unknown = set(rs) - YARN_KEYS
+    if unknown:
+        raise unknown_names_error("rope_scaling key(s)", unknown, YARN_KEYS)
+    if config.attention_type != "mla":
+        raise ConfigError("rope_scaling (YaRN) is implemented for attention_type='mla' only, "
+                          f"got attention_type={config.attention_type!r}")
+    out = {"factor": rs.get("factor", 1.0),
+           "original_max_position_embeddings": rs.get("original_max_position_embeddings",
+                                                      config.max_position_embeddings),
+           "beta_fast": rs.get("beta_fast", 32), "beta_slow": rs.get("beta_slow", 1),
+           "mscale": rs.get("mscale", 1.0), "mscale_all_dim": rs.get("mscale_all_dim", 0.0)}
+    owner = "ModelConfig"
+    check_number(owner, "rope_scaling['factor']", out["factor"], 1)
+    check_int(owner, "rope_scaling['original_max_position_embeddings']", out["original_max_position_embeddings"], 1)
+    for key in ("beta_fast", "beta_slow"):
+        check_number(owner, f"rope_scaling[{key!r}]", out[key], 0, above=True)
+    if not out["beta_fast"] > out["beta_slow"]:
+        raise ConfigError(f"ModelConfig.rope_scaling needs beta_fast > beta_slow > 0, "
+                          f"got {out['beta_fast']}, {out['beta_slow']}")
+    for key in ("mscale", "mscale_all_dim"):
+        check_number(owner, f"rope_scaling[{key!r}]", out[key])
+    return {k: v if k == "original_max_position_embeddings" else float(v) for k, v in out.items()}
 
 
 @dataclass
@@ -69,6 +188,7 @@ class ModelConfig:
     qk_nope_head_dim: int | None = None  # d_h of the content part q^C, k^C (MLA)
     qk_rope_head_dim: int | None = None  # d_h^R, decoupled RoPE part q^R, shared k^R (MLA)
     v_head_dim: int | None = None  # d_h of values (MLA)
+    mla_impl: str = "naive"  # MLA computation: "naive" (re-expand K/V) or "absorbed" (W^UK, W^UV absorbed)
     # --- positions ---------------------------------------------------------------------
     rope_theta: float = 10000.0  # RoPE base θ
     rope_interleave: bool = False  # RoPE on (even, odd) pairs (DeepSeek MLA) vs halves (LLaMA)
@@ -94,7 +214,6 @@ class ModelConfig:
     capacity_factor: float | None = None  # V2 device-level capacity factor (V2: 1.0); None = never drop
     drop_exempt_fraction: float = 0.0  # share of sequences whose tokens are never dropped (V2: ~0.1)
     moe_impl: str = "grouped"  # routed-expert dispatch: "grouped" (fast) or "loop" (reference)
-    mla_impl: str = "naive"  # MLA computation: "naive" (re-expand K/V) or "absorbed" (attend over latents)
     # --- multi-token prediction --------------------------------------------------------
     num_nextn_predict_layers: int = 0  # D, MTP depth (V3 §2.2); 0 = none
     # --- numerics and init -------------------------------------------------------------
@@ -103,14 +222,13 @@ class ModelConfig:
     tie_word_embeddings: bool = False  # DeepSeek keeps input and output embeddings separate
     linear_impl: str = "torch"  # "torch" or "fp8" (V3 §3.3, built in chapter 05)
     fp8_backend: str = "auto"  # where FP8 GEMMs run: "auto", "torch", "triton", "interpret"
-    extra: dict = field(default_factory=dict)  # free-form notes carried with checkpoints
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        _check_int(self, "num_attention_heads", 1)
+        check_int("ModelConfig", "num_attention_heads", self.num_attention_heads, 1)
         if self.head_dim is None:
-            _check_int(self, "hidden_size", 1)
+            check_int("ModelConfig", "hidden_size", self.hidden_size, 1)
             if self.hidden_size % self.num_attention_heads:
                 raise ConfigError(
                     f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
@@ -122,37 +240,47 @@ class ModelConfig:
     # ------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ConfigError naming the first field whose value is outside its allowed range."""
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim",
-                     "max_position_embeddings"):
-            _check_int(self, name, 1)
+        owner = "ModelConfig"
+
+        def ints(minimum: int, *names: str) -> None:
+            for name in names:
+                check_int(owner, name, getattr(self, name), minimum)
+
+        ints(1, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "max_position_embeddings")
+        ints(0, "num_nextn_predict_layers")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"num_key_value_heads={self.num_key_value_heads} must divide "
                 f"num_attention_heads={self.num_attention_heads} (each KV head serves a group)"
             )
-        if self.rope_theta <= 0:
-            raise ConfigError(f"rope_theta must be > 0, got {self.rope_theta}")
-        if self.attention_type not in ATTENTION_TYPES:
-            raise ConfigError(f"attention_type must be one of {ATTENTION_TYPES}, got {self.attention_type!r}")
+        for name, choices in CHOICES.items():
+            check_choice(owner, name, getattr(self, name), choices)
+        for name in ("attention_bias", "rope_interleave", "norm_topk_prob", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{owner}.{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("rope_theta", "routed_scaling_factor", "rms_norm_eps", "initializer_range"):
+            check_number(owner, name, getattr(self, name), 0, above=True)
+        for name in ("aux_loss_alpha", "device_aux_loss_alpha", "comm_aux_loss_alpha", "seq_aux_loss_alpha",
+                     "bias_update_speed"):
+            check_number(owner, name, getattr(self, name), 0)
+        check_number(owner, "capacity_factor", self.capacity_factor, 0, above=True, none_ok=True)
+        check_number(owner, "drop_exempt_fraction", self.drop_exempt_fraction, 0, 1)
+        if self.bias_update_until is not None:
+            ints(0, "bias_update_until")
         if self.attention_type == "mha" and self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
         if self.attention_type == "mla":
-            for name in ("kv_lora_rank", "qk_rope_head_dim", "v_head_dim"):
-                _check_int(self, name, 1)
-            _check_int(self, "qk_nope_head_dim", 0)
+            ints(1, "kv_lora_rank", "qk_rope_head_dim", "v_head_dim")
+            ints(0, "qk_nope_head_dim")
             if self.q_lora_rank is not None:
-                _check_int(self, "q_lora_rank", 1)
+                ints(1, "q_lora_rank")
             if self.qk_rope_head_dim % 2:
                 raise ConfigError(f"qk_rope_head_dim must be even for RoPE, got {self.qk_rope_head_dim}")
+        yarn_settings(self)
         if self.n_routed_experts is not None:
-            _check_int(self, "n_routed_experts", 1)
-            _check_int(self, "num_experts_per_tok", 1)
-            _check_int(self, "moe_intermediate_size", 1)
-            _check_int(self, "n_shared_experts", 0)
-            _check_int(self, "n_group", 1)
-            _check_int(self, "topk_group", 1)
-            _check_int(self, "first_k_dense_replace", 0)
+            ints(1, "n_routed_experts", "num_experts_per_tok", "moe_intermediate_size", "n_group", "topk_group")
+            ints(0, "n_shared_experts", "first_k_dense_replace")
             if self.num_experts_per_tok > self.n_routed_experts:
                 raise ConfigError(
                     f"num_experts_per_tok={self.num_experts_per_tok} exceeds "
@@ -175,36 +303,9 @@ class ModelConfig:
                     f"first_k_dense_replace={self.first_k_dense_replace} exceeds "
                     f"num_hidden_layers={self.num_hidden_layers}"
                 )
-            if self.topk_method not in TOPK_METHODS:
-                raise ConfigError(f"topk_method must be one of {TOPK_METHODS}, got {self.topk_method!r}")
-            if self.moe_impl not in MOE_IMPLS:
-                raise ConfigError(f"moe_impl must be one of {MOE_IMPLS}, got {self.moe_impl!r}")
-            for name in ("aux_loss_alpha", "device_aux_loss_alpha", "comm_aux_loss_alpha",
-                         "seq_aux_loss_alpha", "bias_update_speed"):
-                v = getattr(self, name)
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
-                    raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
             if self.bias_update_speed > 0 and self.topk_method != "noaux_tc":
                 raise ConfigError(f"bias_update_speed={self.bias_update_speed} needs topk_method='noaux_tc' "
                                   f"(only V3's selection uses the bias), got {self.topk_method!r}")
-            if self.bias_update_until is not None:
-                _check_int(self, "bias_update_until", 0)
-            if self.capacity_factor is not None and not (isinstance(self.capacity_factor, (int, float))
-                                                         and 0 < self.capacity_factor < float("inf")):
-                raise ConfigError(f"capacity_factor must be > 0 or None, got {self.capacity_factor!r}")
-            if not 0.0 <= self.drop_exempt_fraction <= 1.0:
-                raise ConfigError(f"drop_exempt_fraction must be in [0, 1], got {self.drop_exempt_fraction!r}")
-        if self.scoring_func not in SCORING_FUNCS:
-            raise ConfigError(f"scoring_func must be one of {SCORING_FUNCS}, got {self.scoring_func!r}")
-        if self.routed_scaling_factor <= 0:
-            raise ConfigError(f"routed_scaling_factor must be > 0, got {self.routed_scaling_factor}")
-        _check_int(self, "num_nextn_predict_layers", 0)
-        if not self.rms_norm_eps > 0:
-            raise ConfigError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
-        if not self.initializer_range > 0:
-            raise ConfigError(f"initializer_range must be > 0, got {self.initializer_range}")
-        if self.linear_impl not in LINEAR_IMPLS:
-            raise ConfigError(f"linear_impl must be one of {LINEAR_IMPLS}, got {self.linear_impl!r}")
 
     # ------------------------------------------------------------------------------------
     @property
@@ -217,9 +318,9 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A validated copy with some fields changed (unknown names raise ConfigError)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - field_names(ModelConfig)
         if unknown:
-            raise ConfigError(f"unknown ModelConfig field(s): {sorted(unknown)}")
+            raise unknown_names_error("ModelConfig field(s)", unknown, field_names(ModelConfig))
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -230,9 +331,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        """The config a ``to_dict()`` (or an older saved config.json) describes; fields this version no
+        longer has (REMOVED_FIELDS) are dropped, unknown ones raise ConfigError."""
+        d = {k: v for k, v in d.items() if k not in REMOVED_FIELDS}
+        unknown = set(d) - field_names(cls)
         if unknown:
-            raise ConfigError(f"unknown ModelConfig field(s): {sorted(unknown)}")
+            raise unknown_names_error("ModelConfig field(s)", unknown, field_names(cls))
         return cls(**d)
 
     @classmethod
@@ -245,10 +349,9 @@ class ModelConfig:
         return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 
-def _check_int(cfg: ModelConfig, name: str, minimum: int) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def field_names(cls: type) -> set[str]:
+    """The field names of a config dataclass (ModelConfig, TrainConfig, ...)."""
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 # ----------------------------------------------------------------------------------------
@@ -299,8 +402,14 @@ def preset_names() -> list[str]:
     return list(_PRESETS)
 
 
-def get_preset(name: str) -> ModelConfig:
-    """A fresh ModelConfig for a named preset."""
+def preset_fields(name: str) -> dict[str, Any]:
+    """The fields a preset sets (a fresh dict). Derived fields it leaves out (head_dim,
+    num_key_value_heads) are re-derived when this dict, changed, makes a new ModelConfig."""
     if name not in _PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {preset_names()}")
-    return ModelConfig(**_PRESETS[name])
+    return copy.deepcopy(_PRESETS[name])
+
+
+def get_preset(name: str) -> ModelConfig:
+    """A fresh ModelConfig for a named preset."""
+    return ModelConfig(**preset_fields(name))

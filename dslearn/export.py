@@ -83,7 +83,6 @@ export a model trained with ``capacity_factor`` and transformers runs it as our 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -92,8 +91,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .attention.yarn import parse_rope_scaling, yarn_get_mscale
-from .config import ConfigError, ModelConfig
+from .attention.yarn import yarn_get_mscale
+from .config import ConfigError, ModelConfig, yarn_settings
 from .model import CausalLM
 from .moe.experts import fuse_expert_weights, split_expert_weights
 
@@ -128,8 +127,7 @@ def hf_config(config: ModelConfig) -> dict:
         d = _deepseek_v3_fields(c)
     else:
         raise ConfigError(f"attention_type={c.attention_type!r} has no Hugging Face export")
-    stash = {k: v for k, v in c.to_dict().items() if not (k == "extra" and not v)}
-    return {**common, **d, "dslearn": stash}
+    return {**common, **d, "dslearn": c.to_dict()}
 
 
 def _llama_fields(c: ModelConfig) -> dict:
@@ -184,7 +182,7 @@ def _deepseek_v3_fields(c: ModelConfig) -> dict:
 def _rope_parameters(c: ModelConfig) -> dict:
     """HF's rope_parameters; YaRN with every value explicit, including the cos/sin factor
     ``attention_factor`` = mscale(s, mscale) / mscale(s, mscale_all_dim), so HF never infers it differently."""
-    y = parse_rope_scaling(c)
+    y = yarn_settings(c)
     if y is None:
         return {"rope_type": "default", "rope_theta": float(c.rope_theta)}
     return {"rope_type": "yarn", "rope_theta": float(c.rope_theta), **y,
@@ -199,11 +197,7 @@ def config_from_hf(d: dict) -> ModelConfig:
     DeepseekV3 config). With our ``"dslearn"`` key the exact ModelConfig comes back, after checking that
     every HF field still agrees with it; without it the fields are derived from HF's."""
     if "dslearn" in d:
-        stash = dict(d["dslearn"])
-        known = {f.name for f in dataclasses.fields(ModelConfig)}
-        if "extra" in stash and "extra" not in known and not stash["extra"]:
-            del stash["extra"]
-        cfg = ModelConfig.from_dict(stash)
+        cfg = ModelConfig.from_dict(d["dslearn"])  # (drops fields older versions wrote, e.g. "extra")
         for key, value in hf_config(cfg).items():
             if key in d and key not in _NOT_COMPARED and not _same(d[key], value):
                 raise ConfigError(f"config.json field {key}={d[key]!r} disagrees with its dslearn config, "

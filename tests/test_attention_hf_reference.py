@@ -11,8 +11,8 @@ import pytest
 import torch
 from attention_helpers import perturbed_model
 
-from dslearn.attention.yarn import parse_rope_scaling, yarn_get_mscale, yarn_inv_freq
-from dslearn.config import ModelConfig
+from dslearn.attention.yarn import yarn_get_mscale, yarn_inv_freq
+from dslearn.config import ModelConfig, yarn_settings
 from dslearn.export import hf_config
 from dslearn.model import CausalLM, with_config
 
@@ -83,7 +83,7 @@ def test_yarn_frequencies_and_scales_match_hf():
 
     cfg = ours(rope_scaling=YARN)
     inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](reference_config(cfg))
-    y = parse_rope_scaling(cfg)
+    y = yarn_settings(cfg)
     ours_inv = yarn_inv_freq(cfg.qk_rope_head_dim, cfg.rope_theta, y["factor"], y["original_max_position_embeddings"])
     torch.testing.assert_close(ours_inv, inv_freq.float(), atol=0, rtol=1e-6)
     assert attention_factor == pytest.approx(CausalLM(cfg).rotary.attention_factor)

@@ -41,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import MLA_IMPLS
 from ..layers import RMSNorm, apply_rotary
 from .yarn import softmax_scale
 
-MLA_PATHS = ("naive", "absorbed")
+MLA_PATHS = MLA_IMPLS  # the values of ModelConfig.mla_impl, declared once in config.py
 
 
 class LatentKVCache:

@@ -25,7 +25,9 @@ Paper/config symbol → code:
     β_fast, β_slow           rope_scaling["beta_fast"], rope_scaling["beta_slow"]
     √t                       yarn_get_mscale(s, mscale_all_dim)
 
-The formulas follow DeepSeek's released inference code and Hugging Face's ``_compute_yarn_parameters``
+The ``rope_scaling`` dict is parsed and validated in one place, ``dslearn.config.yarn_settings`` (called
+when the config is made, so a bad key fails there); this module reads the defaults-filled settings
+through it. The formulas follow DeepSeek's released inference code and Hugging Face's ``_compute_yarn_parameters``
 (tests compare against the latter).
 """
 
@@ -35,46 +37,8 @@ import math
 
 import torch
 
-from ..config import ConfigError
+from ..config import yarn_settings
 from ..layers import RotaryEmbedding
-
-YARN_KEYS = {"type", "rope_type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
-             "mscale", "mscale_all_dim"}
-
-
-def parse_rope_scaling(config) -> dict | None:
-    """The validated YaRN settings of ``config.rope_scaling`` (defaults filled in), or None."""
-    rs = config.rope_scaling
-    if rs is None:
-        return None
-    if not isinstance(rs, dict):
-        raise ConfigError(f"rope_scaling must be a dict like {{'type': 'yarn', 'factor': 40, ...}} or None, got {rs!r}")
-    kind = rs.get("type", rs.get("rope_type"))
-    if kind != "yarn":
-        raise ConfigError(f"rope_scaling type must be 'yarn' (the only scaling V3 uses), got {kind!r}")
-    unknown = set(rs) - YARN_KEYS
-    if unknown:
-        raise ConfigError(f"rope_scaling has unknown key(s) {sorted(unknown)}; allowed: {sorted(YARN_KEYS)}")
-    if config.attention_type != "mla":
-        raise ConfigError("rope_scaling (YaRN) is implemented for attention_type='mla' only, "
-                          f"got attention_type={config.attention_type!r}")
-    out = {
-        "factor": float(rs.get("factor", 1.0)),
-        "original_max_position_embeddings": rs.get("original_max_position_embeddings",
-                                                   config.max_position_embeddings),
-        "beta_fast": float(rs.get("beta_fast", 32)),
-        "beta_slow": float(rs.get("beta_slow", 1)),
-        "mscale": float(rs.get("mscale", 1.0)),
-        "mscale_all_dim": float(rs.get("mscale_all_dim", 0.0)),
-    }
-    if not out["factor"] >= 1:
-        raise ConfigError(f"rope_scaling['factor'] must be >= 1, got {out['factor']}")
-    orig = out["original_max_position_embeddings"]
-    if isinstance(orig, bool) or not isinstance(orig, int) or orig < 1:
-        raise ConfigError(f"rope_scaling['original_max_position_embeddings'] must be an integer >= 1, got {orig!r}")
-    if not out["beta_fast"] > out["beta_slow"] > 0:
-        raise ConfigError(f"rope_scaling needs beta_fast > beta_slow > 0, got {out['beta_fast']}, {out['beta_slow']}")
-    return out
 
 
 def yarn_get_mscale(scale: float, mscale: float = 1.0) -> float:
@@ -117,7 +81,7 @@ class YarnRotaryEmbedding(RotaryEmbedding):
 
 def build_rotary(config, rope_dim: int) -> RotaryEmbedding:
     """Plain RoPE tables, or YaRN-scaled ones when ``config.rope_scaling`` asks for them."""
-    yarn = parse_rope_scaling(config)
+    yarn = yarn_settings(config)
     if yarn is None:
         return RotaryEmbedding(rope_dim, config.max_position_embeddings, config.rope_theta)
     return YarnRotaryEmbedding(rope_dim, config.max_position_embeddings, config.rope_theta, yarn)
@@ -126,7 +90,7 @@ def build_rotary(config, rope_dim: int) -> RotaryEmbedding:
 def softmax_scale(config, qk_head_dim: int) -> float:
     """1/√(d_h + d_h^R), times mscale² under YaRN (V3 §4.3)."""
     scale = qk_head_dim ** -0.5
-    yarn = parse_rope_scaling(config)
+    yarn = yarn_settings(config)
     if yarn is not None and yarn["mscale_all_dim"]:
         scale *= yarn_get_mscale(yarn["factor"], yarn["mscale_all_dim"]) ** 2
     return scale

@@ -27,10 +27,11 @@ from types import ModuleType
 
 import torch
 
+from ..config import FP8_BACKENDS
 from . import reference as ref
 from .formats import FP8Format, encode_fp8_bits, get_format
 
-BACKENDS = ("auto", "torch", "triton", "interpret")
+BACKENDS = FP8_BACKENDS  # the values of ModelConfig.fp8_backend, declared once in config.py
 
 
 def _triton_importable() -> bool:

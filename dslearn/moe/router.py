@@ -47,9 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, ModelConfig
-
-TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
+from ..config import SCORING_FUNCS, TOPK_METHODS, ConfigError, ModelConfig
 
 
 @dataclass
@@ -66,7 +64,7 @@ def affinities(logits: torch.Tensor, scoring_func: str) -> torch.Tensor:
         return logits.softmax(dim=-1)
     if scoring_func == "sigmoid":
         return logits.sigmoid()
-    raise ConfigError(f"scoring_func must be 'softmax' or 'sigmoid', got {scoring_func!r}")
+    raise ConfigError(f"scoring_func must be one of {SCORING_FUNCS}, got {scoring_func!r}")
 
 
 def group_mask(choice: torch.Tensor, n_group: int, topk_group: int, group_score: str) -> torch.Tensor:
