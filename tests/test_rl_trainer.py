@@ -9,6 +9,7 @@ from dslearn.rl import rollout
 from dslearn.rl.base_model import base_corpus, carry_problems, needs_carry, worked_solution
 from dslearn.rl.rewards import accuracy_reward
 from dslearn.rl.trainer import GRPOConfig, GRPOTrainer, completion_logps
+from dslearn.train import CheckpointError
 
 CFG = ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   max_position_embeddings=96)
@@ -82,11 +83,11 @@ def test_grpo_run_checkpoints_and_resumes_exactly(tmp_path):
                      progress=False)
     full = GRPOTrainer(CausalLM(CFG, seed=0), cfg, train, held, run_dir=tmp_path / "full")
     full_rec = [r for r in full.fit(checkpoint_every=2) if r["kind"] == "train"]
-    part = GRPOTrainer(CausalLM(CFG, seed=0), cfg, train, held, run_dir=tmp_path / "part")
-    part.cfg = GRPOConfig(**{**cfg.__dict__, "steps": 2})
+    part = GRPOTrainer(CausalLM(CFG, seed=0), GRPOConfig(**{**cfg.__dict__, "steps": 2}), train, held,
+                       run_dir=tmp_path / "part")  # steps may change on resume: the LR is constant
     part.fit(checkpoint_every=2)
     resumed = GRPOTrainer(CausalLM(CFG, seed=0), cfg, train, held, run_dir=tmp_path / "part")
-    with pytest.raises(ValueError, match="GRPO config differs"):
+    with pytest.raises(CheckpointError, match=r"grpo_config differs .* in lr \(checkpoint 0.0005, now 1.0\)"):
         GRPOTrainer(CausalLM(CFG, seed=0), GRPOConfig(**{**cfg.__dict__, "lr": 1.0}), train, held,
                     run_dir=tmp_path / "full").fit()
     rest = [r for r in resumed.fit(checkpoint_every=2) if r["kind"] == "train"]

@@ -54,6 +54,7 @@ def build_ffn(config: ModelConfig, layer_idx: int, linear) -> nn.Module:
 class ModelOutput:
     logits: torch.Tensor  # (B, T, V), or (B, 1, V) with last_only=True
     loss: torch.Tensor | None = None  # mean next-token cross-entropy in nats (fp32)
+    aux_loss: torch.Tensor | None = None  # sum of this forward's auxiliary losses (training mode), or None
     metrics: dict = field(default_factory=dict)  # extra scalars for the trainer's log
 
 
@@ -205,7 +206,7 @@ class CausalLM(nn.Module):
             if last_only:
                 raise ValueError("targets need logits at every position; do not pass last_only=True")
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        metrics = {}
+        metrics, aux = {}, None
         if self.config.is_moe:  # DeepSeekMoE: add the balance losses (training only) and log load metrics
             from ..moe import collect_moe
             aux, metrics = collect_moe(layer.mlp for layer in self.model.layers)
@@ -213,7 +214,7 @@ class CausalLM(nn.Module):
                 metrics["ce_loss"] = float(loss.detach())
                 if aux is not None:
                     loss = loss + aux
-        return ModelOutput(logits=logits, loss=loss, metrics=metrics)
+        return ModelOutput(logits=logits, loss=loss, aux_loss=aux, metrics=metrics)
 
 
 def _padded_causal_mask(key_valid: torch.Tensor, start: int, T: int) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from ..config import ModelConfig
+from ..model import CausalLM
 
 LATEST = "LATEST"
 
@@ -134,8 +135,6 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None, restore_rng:
 
 def load_model_from_checkpoint(path: str | os.PathLike, device="cpu"):
     """Build the CausalLM a checkpoint describes and load its weights."""
-    from ..model import CausalLM
-
     meta = read_meta(path)
     model = CausalLM(ModelConfig.from_dict(meta["model_config"]))
     load_checkpoint(path, model)
