@@ -71,6 +71,9 @@ FP8_BACKENDS = ("auto", "torch", "triton", "interpret")  # where FP8 GEMMs run (
 CHOICES = {"attention_type": ATTENTION_TYPES, "mla_impl": MLA_IMPLS, "scoring_func": SCORING_FUNCS,
            "topk_method": TOPK_METHODS, "moe_impl": MOE_IMPLS, "linear_impl": LINEAR_IMPLS,
            "fp8_backend": FP8_BACKENDS}
+# Fields that choose how the same weights compute, not which weights exist: a checkpoint's weights load into a
+# model that differs from it only here (e.g. trained with mla_impl="naive", decoded with "absorbed").
+IMPLEMENTATION_FIELDS = ("mla_impl", "moe_impl", "linear_impl", "fp8_backend")
 # The keys a YaRN ``rope_scaling`` dict may hold (Hugging Face / DeepSeek config names).
 YARN_KEYS = frozenset({"type", "rope_type", "factor", "original_max_position_embeddings", "beta_fast",
                        "beta_slow", "mscale", "mscale_all_dim"})

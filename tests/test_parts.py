@@ -133,3 +133,19 @@ def test_with_config_switches_an_implementation_and_keeps_the_weights():
     torch.testing.assert_close(loop(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(loop.state_dict().values(), model.state_dict().values()))
     assert isinstance(loop.model.layers[1].mlp, DeepSeekMoE)
+
+
+def test_a_checkpoint_loads_into_another_implementation_but_resumes_only_into_the_same(tmp_path):
+    from dslearn.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    cfg = _moe(attention_type="mla", kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8)
+    model = CausalLM(cfg, seed=1)
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path, model, opt, 3, {})
+    absorbed = CausalLM(cfg.replace(mla_impl="absorbed", moe_impl="loop"), seed=2)
+    load_checkpoint(tmp_path, absorbed)  # weights only: any implementation of the same weights
+    assert all(torch.equal(a, b) for a, b in zip(absorbed.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(CheckpointError, match="mla_impl"):  # resuming training must compute what it computed
+        load_checkpoint(tmp_path, absorbed, torch.optim.AdamW(absorbed.parameters()))
+    with pytest.raises(CheckpointError, match="kv_lora_rank"):
+        load_checkpoint(tmp_path, CausalLM(cfg.replace(kv_lora_rank=32)))

@@ -9,6 +9,7 @@ from dslearn.rl import rollout
 from dslearn.rl.base_model import base_corpus, carry_problems, needs_carry, worked_solution
 from dslearn.rl.rewards import accuracy_reward
 from dslearn.rl.trainer import GRPOConfig, GRPOTrainer, completion_logps
+from dslearn.train import CheckpointError
 
 CFG = ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   max_position_embeddings=96)
@@ -82,11 +83,11 @@ def test_grpo_run_checkpoints_and_resumes_exactly(tmp_path):
                      progress=False)
     full = GRPOTrainer(CausalLM(CFG, seed=0), cfg, train, held, run_dir=tmp_path / "full")
     full_rec = [r for r in full.fit(checkpoint_every=2) if r["kind"] == "train"]
-    part = GRPOTrainer(CausalLM(CFG, seed=0), cfg, train, held, run_dir=tmp_path / "part")
-    part.cfg = GRPOConfig(**{**cfg.__dict__, "steps": 2})
+    part = GRPOTrainer(CausalLM(CFG, seed=0), GRPOConfig(**{**cfg.__dict__, "steps": 2}), train, held,
+                       run_dir=tmp_path / "part")  # steps may change on resume: the LR is constant
     part.fit(checkpoint_every=2)
     resumed = GRPOTrainer(CausalLM(CFG, seed=0), cfg, train, held, run_dir=tmp_path / "part")
-    with pytest.raises(ValueError, match="GRPO config differs"):
+    with pytest.raises(CheckpointError, match=r"grpo_config differs .* in lr \(checkpoint 0.0005, now 1.0\)"):
         GRPOTrainer(CausalLM(CFG, seed=0), GRPOConfig(**{**cfg.__dict__, "lr": 1.0}), train, held,
                     run_dir=tmp_path / "full").fit()
     rest = [r for r in resumed.fit(checkpoint_every=2) if r["kind"] == "train"]
@@ -119,3 +120,72 @@ def test_grpo_from_the_shipped_base_model_raises_held_out_accuracy():
     records = GRPOTrainer(model, cfg, carry_problems("train"), carry_problems("held_out")[:40]).fit()
     evals = [r for r in records if r["kind"] == "eval"]
     assert evals[-1]["heldout_greedy"] >= evals[0]["heldout_greedy"] + 0.2, evals
+
+
+# --- GRPO on an MLA + V3-MoE policy: the loop core's hooks, aux loss and resume ----------------------
+def test_grpo_moves_the_routing_bias_of_an_mla_moe_policy(monkeypatch):
+    from resume_helpers import even_byte_reward, grpo_trainer
+
+    monkeypatch.setattr("dslearn.rl.trainer.score", even_byte_reward)
+    trainer = grpo_trainer(None, inner_steps=2)
+    mlp = trainer.model.model.layers[1].mlp
+    biases, update = [mlp.gate.e_score_correction_bias.clone()], mlp.after_optimizer_step
+
+    def update_and_record():
+        update()
+        biases.append(mlp.gate.e_score_correction_bias.clone())
+
+    mlp.after_optimizer_step = update_and_record
+    rec = trainer.train_step()
+    assert len(biases) == 3 and mlp.bias_updates == 2  # after each of the μ = 2 inner optimizer steps
+    assert not torch.equal(biases[1], biases[0])  # the bias moves during RL
+    assert rec["moe/aux_loss"] > 0 and "moe/l1/maxvio" in rec and rec["zero_variance_share"] < 1
+    assert rec["loss"] == pytest.approx(rec["policy_loss"] + rec["moe/aux_loss"], rel=1e-5, abs=1e-7)
+
+
+def test_the_moe_balance_loss_enters_the_grpo_loss(monkeypatch):
+    """The gradient of the gate's weight changes with the sequence-wise α: the aux loss is in the loss."""
+    from resume_helpers import MLA_MOE, even_byte_reward, grpo_trainer
+
+    monkeypatch.setattr("dslearn.rl.trainer.score", even_byte_reward)
+    grads = {}
+    for alpha in (0.0, 0.1):
+        trainer = grpo_trainer(None, config=MLA_MOE.replace(seq_aux_loss_alpha=alpha), inner_steps=1)
+        step = trainer.step_function(0)
+        (loss, metrics), = next(iter(step.updates))
+        loss.backward()
+        grads[alpha] = trainer.model.model.layers[1].mlp.gate.weight.grad.clone()
+        assert ("moe/aux_loss" in metrics) == (alpha > 0)
+    assert not torch.allclose(grads[0.0], grads[0.1])
+
+
+def test_grpo_on_mla_moe_resumes_exactly_after_sigkill(tmp_path, monkeypatch):
+    """Killed with SIGKILL right after step 2's checkpoint and rerun with the same command, a GRPO run logs
+    exactly the rewards, losses and metrics of an uninterrupted run and ends with identical weights and
+    routing biases."""
+    import signal
+
+    from resume_helpers import MLA_MOE, even_byte_reward, fit, run_child, without_timing
+
+    from dslearn.train import load_checkpoint, load_model_from_checkpoint, read_metrics
+
+    run = tmp_path / "run"
+    killed = run_child("grpo", run, kill_after=2)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (run / "checkpoints" / "LATEST").read_text() == "step_000002"
+    done = run_child("grpo", run)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setattr("dslearn.rl.trainer.score", even_byte_reward)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = fit("grpo", tmp_path / "ref")
+    finally:
+        torch.set_num_threads(n)
+    got, want = without_timing(read_metrics(run)), without_timing(read_metrics(tmp_path / "ref"))
+    assert [r["kind"] for r in got] == ["eval", "train", "train", "train", "eval"]
+    assert got == want
+    resumed = load_model_from_checkpoint(run).state_dict()
+    for name, value in ref.model.state_dict().items():
+        assert torch.equal(resumed[name], value), name
+    assert load_checkpoint(run, CausalLM(MLA_MOE))["bias_updates"] == {"model.layers.1.mlp": 6}

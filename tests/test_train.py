@@ -68,14 +68,14 @@ def test_resume_continues_exactly(tiny_config, text_streams, tmp_path):
     full_losses = full.fit().losses
 
     broken = make_trainer(tiny_config, text_streams, tmp_path / "broken", steps=10, checkpoint_every=4)
-    real_step = broken._train_step
+    real_step = broken.step_function
 
-    def crash_at_step_6():
-        if broken.step == 6:
+    def crash_at_step_6(step):
+        if step == 6:
             raise Interrupt("power cut")
-        return real_step()
+        return real_step(step)
 
-    broken._train_step = crash_at_step_6
+    broken.step_function = crash_at_step_6
     with pytest.raises(Interrupt):
         broken.fit()
     # a fresh process: new model, new trainer, same run directory
@@ -144,15 +144,15 @@ def test_mismatched_or_missing_checkpoints(tiny_config, text_streams, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, text_streams, tmp_path):
     trainer = make_trainer(tiny_config, text_streams, tmp_path / "run", steps=6, checkpoint_every=2)
-    real_step = trainer._train_step
+    real_step = trainer.step_function
 
-    def poison_after_step_3():
-        if trainer.step == 3:
+    def poison_after_step_3(step):
+        if step == 3:
             with torch.no_grad():
                 trainer.model.model.layers[0].mlp.up_proj.weight.fill_(float("nan"))
-        return real_step()
+        return real_step(step)
 
-    trainer._train_step = poison_after_step_3
+    trainer.step_function = poison_after_step_3
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3.*step_000002, is kept"):
         trainer.fit()
     assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text() == "step_000002"
@@ -194,10 +194,11 @@ def test_bf16_autocast_trains_close_to_fp32(tiny_config, text_streams):
 
 
 def test_after_optimizer_step_hooks_are_called(tiny_config, text_streams):
-    trainer = make_trainer(tiny_config, text_streams, steps=3)
+    """Any module defining after_optimizer_step() is found and called once after every update."""
+    model = CausalLM(tiny_config, seed=0)
     calls = []
-    trainer.model.model.layers[0].mlp.after_optimizer_step = lambda: calls.append(trainer.step)
-    trainer.hooks = [trainer.model.model.layers[0].mlp]
+    model.model.layers[0].mlp.after_optimizer_step = lambda: calls.append(trainer.step)
+    trainer = Trainer(model, TrainConfig(**(FAST | dict(steps=3))), *text_streams)
     trainer.fit()
     assert calls == [0, 1, 2]
 

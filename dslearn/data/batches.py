@@ -8,9 +8,37 @@ fixed set of evenly spaced windows, the same for every run with the same sequenc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
 import torch
 
 from .corpus import CorpusError
+
+
+@runtime_checkable
+class Batches(Protocol):
+    """What the Trainer trains on: fixed-shape (inputs, targets) batches, a pure function of (seed, step).
+
+    Targets are next-token ids, -100 where no loss is taken (SFT prompts, padding). TokenStream
+    (pretraining) and SFTStream (supervised fine-tuning) are the two in dslearn."""
+
+    def check_fits(self, seq_len: int) -> None:
+        """Raise a clear error now if batches of ``seq_len`` cannot be drawn."""
+
+    def batch(self, step: int, batch_size: int, seq_len: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each (batch_size, seq_len) int64."""
+
+
+@runtime_checkable
+class EvalBatches(Protocol):
+    """Validation data: a fixed sequence of (inputs, targets) batches."""
+
+    def check_fits(self, seq_len: int) -> None: ...
+
+    def eval_batches(self, n_windows: int, seq_len: int,
+                     batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        ...
 
 
 class TokenStream:

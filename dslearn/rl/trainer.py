@@ -9,9 +9,20 @@ One step (DeepSeekMath Algorithm 1, with π_old = the policy that sampled):
     5. ``inner_steps`` (μ) optimiser steps on grpo_loss (or reinforce_loss) with those fixed samples
 
 Logged per step: reward, accuracy, format rate, response length, KL to the reference, policy entropy,
-clip fraction, share of zero-variance groups, rollout tokens/s; every ``eval_every`` steps the greedy
-accuracy and pass@1 on held-out problems. Checkpoints and exact resume reuse the pretraining trainer's
-machinery (train/checkpoint.py): the samples of step s depend only on (seed, s).
+clip fraction, share of zero-variance groups, rollout tokens/s, and (MoE policies) the ``moe/*`` balance
+metrics; every ``eval_every`` steps the greedy accuracy and pass@1 on held-out problems.
+
+There is no second training loop here: ``GRPOTrainer`` builds a step function (steps 1–4, then μ
+lazily evaluated updates of one micro-batch each) and runs it on ``dslearn.train.TrainingLoop``, the
+core pretraining and SFT use. So GRPO gets the same gradient clipping and non-finite guard, the
+``after_optimizer_step()`` hooks after every inner step (V3's routing bias keeps moving during RL),
+the same checkpoints and exact resume (RNG state and MoE bias counters included; the samples of step
+s depend only on (seed, s) and the weights), and the same ``CheckpointError`` for a run directory
+that holds an incompatible run. The inner loss is the GRPO (or REINFORCE) loss plus the model's
+``aux_loss`` (MoE balance losses), so an MoE policy keeps its balance objective.
+
+Metrics of the μ inner steps are averaged (``loss``, ``kl``, ``clip_fraction``, ``moe/*``: see
+``dslearn.train.loop`` for the reduction rules).
 """
 
 from __future__ import annotations
@@ -26,10 +37,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ..train.checkpoint import LATEST, load_checkpoint, save_checkpoint
-from ..train.metrics import MetricsLog
+from ..config import check_int
+from ..train.loop import LoopConfig, MicroBatch, Step, TrainingLoop
 from .grpo import LOSS_TYPES, group_advantages, grpo_loss, reinforce_loss
 from .rollout import pass_at_k, prompt_ids, sample, score
 from .tasks import Problem
@@ -62,18 +72,25 @@ class GRPOConfig:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.algorithm not in ("grpo", "reinforce"):
             raise ValueError(f"algorithm must be 'grpo' or 'reinforce', got {self.algorithm!r}")
-        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "inner_steps", "eval_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "inner_steps", "eval_every",
+                     "eval_samples"):
+            check_int("GRPOConfig", name, getattr(self, name), 1)
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2: a group of one has no baseline")
 
+    # fields that do not change a training step's numbers (the LR is constant): free to change on resume
+    COSMETIC = ("steps", "progress", "eval_every", "eval_samples")
 
-def completion_logps(model, problems: list[Problem], responses: list[list[int]], group_size: int,
-                     with_entropy: bool = False):
-    """Per-token log-probs (B, L−1) of each response under ``model``, the mask of response tokens, and (when
-    asked: it costs a pass over the vocabulary) the policy's entropy at those positions, else None.
-    Sequences are prompt + response, right-padded."""
+    def loop_config(self, checkpoint_every: int = 0) -> LoopConfig:
+        """The loop core's settings: AdamW(0.9, 0.99) without weight decay, constant LR, clipping."""
+        return LoopConfig(steps=self.steps, lr=self.lr, schedule="constant", weight_decay=0.0, beta1=0.9,
+                          beta2=0.99, grad_clip=self.grad_clip, checkpoint_every=checkpoint_every,
+                          progress=self.progress, desc="GRPO")
+
+
+def completion_batch(problems: list[Problem], responses: list[list[int]], group_size: int):
+    """Prompt + response sequences, right-padded: ids (B, L), valid (B, L) bool, and the mask (B, L−1) of
+    the positions whose next token is a response token."""
     seqs = [prompt_ids(problems[i // group_size]) + r for i, r in enumerate(responses)]
     B, L = len(seqs), max(len(s) for s in seqs)
     ids = torch.zeros(B, L, dtype=torch.long)
@@ -84,10 +101,24 @@ def completion_logps(model, problems: list[Problem], responses: list[list[int]],
         valid[i, :len(s)] = True
         p = len(s) - len(responses[i])
         mask[i, p - 1:len(s) - 1] = 1.0  # position t predicts token t+1
-    logits = model(ids, attention_mask=valid).logits[:, :-1].float()  # (B, L−1, V)
-    logprobs = F.log_softmax(logits, -1)
+    return ids, valid, mask
+
+
+def token_logps(logits: torch.Tensor, ids: torch.Tensor, with_entropy: bool = False):
+    """log π(token t+1 | ≤ t) (B, L−1) from logits (B, L, V), and the entropy there (or None)."""
+    logprobs = F.log_softmax(logits[:, :-1].float(), -1)  # (B, L−1, V)
     logp = logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, L−1)
     entropy = -(logprobs.exp() * logprobs).sum(-1).detach() if with_entropy else None
+    return logp, entropy
+
+
+def completion_logps(model, problems: list[Problem], responses: list[list[int]], group_size: int,
+                     with_entropy: bool = False):
+    """Per-token log-probs (B, L−1) of each response under ``model``, the mask of response tokens, and (when
+    asked: it costs a pass over the vocabulary) the policy's entropy at those positions, else None.
+    Sequences are prompt + response, right-padded."""
+    ids, valid, mask = completion_batch(problems, responses, group_size)
+    logp, entropy = token_logps(model(ids, attention_mask=valid).logits, ids, with_entropy)
     return logp, mask, entropy
 
 
@@ -99,13 +130,22 @@ class GRPOTrainer:
         overlap = {p.question for p in train_problems} & {p.question for p in eval_problems}
         if overlap:
             raise ValueError(f"{len(overlap)} held-out problem(s) also appear in training, e.g. {sorted(overlap)[0]!r}")
-        self.cfg, self.model = cfg, model
+        self.cfg = cfg
         self.train_problems, self.eval_problems = train_problems, eval_problems
+        # π_ref is the model as given, before any resume: the base policy
         self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta != 0.0 else None
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-        self.step = 0
-        self.run_dir = Path(run_dir) if run_dir else None
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir else None
+        self.loop = TrainingLoop(model, cfg.loop_config(), run_dir, {"grpo_config": dataclasses.asdict(cfg)},
+                                 cosmetic=GRPOConfig.COSMETIC)
+        self.model, self.optimizer = self.loop.model, self.loop.optimizer
+        self.run_dir, self.log = self.loop.run_dir, self.loop.log
+
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.loop.step = value
 
     # ------------------------------------------------------------------------------------
     def evaluate(self) -> dict:
@@ -116,13 +156,14 @@ class GRPOTrainer:
         return {"step": self.step, "heldout_greedy": out["greedy"], "heldout_pass@1": out["pass@1"],
                 f"heldout_pass@{self.cfg.eval_samples}": out[f"pass@{self.cfg.eval_samples}"]}
 
-    def train_step(self) -> dict:
+    def step_function(self, step: int) -> Step:
+        """GRPO step ``step``: sample and score groups now; the μ inner updates run when the loop asks."""
         cfg, G = self.cfg, self.cfg.group_size
-        rng = random.Random(cfg.seed * 1_000_003 + self.step)
+        rng = random.Random(cfg.seed * 1_000_003 + step)
         problems = [rng.choice(self.train_problems) for _ in range(cfg.prompts_per_step)]
         # 1–2. sample groups with the current (= old) policy
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         self.model.eval()
         with torch.no_grad():
             responses = sample(self.model, problems, G, cfg.max_new_tokens, cfg.temperature, gen)
@@ -131,80 +172,62 @@ class GRPOTrainer:
         acc, fmt = score(problems, responses, G)
         rewards = acc + cfg.w_format * fmt
         stats = group_advantages(rewards, G, scale_std=cfg.scale_std)
-        # 4. old and reference log-probs, fixed for the inner steps
+        # 4. old and reference log-probs, fixed for the inner steps (eval mode: no balance losses, no load counted)
+        ids, valid, mask = completion_batch(problems, responses, G)
         with torch.no_grad():
-            old_logp, mask, entropy = completion_logps(self.model, problems, responses, G, with_entropy=True)
-            ref_logp = completion_logps(self.ref, problems, responses, G)[0] if self.ref is not None else None
-        # 5. μ optimiser steps
-        self.model.train()
-        for _ in range(cfg.inner_steps):
-            logp, _, _ = completion_logps(self.model, problems, responses, G)
-            if cfg.algorithm == "reinforce":
-                loss, m = reinforce_loss(logp, stats.advantages, mask), {"kl": 0.0, "clip_fraction": 0.0}
-            else:
-                loss, m = grpo_loss(logp, old_logp, stats.advantages, mask, ref_logp=ref_logp, beta=cfg.beta,
-                                    eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_type=cfg.loss_type,
-                                    max_completion_length=cfg.max_new_tokens)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            old_logp, entropy = token_logps(self.model(ids, attention_mask=valid).logits, ids, with_entropy=True)
+            ref_logp = token_logps(self.ref(ids, attention_mask=valid).logits, ids)[0] if self.ref is not None else None
+
+        # 5. μ optimiser steps on these fixed samples, one micro-batch each
+        def updates():
+            self.model.train()
+            for _ in range(cfg.inner_steps):
+                yield [self._policy_loss(ids, valid, mask, old_logp, ref_logp, stats.advantages)]
+
         n_tokens = sum(len(r) for r in responses)
-        self.step += 1
-        return {"kind": "train", "step": self.step, "reward": rewards.mean().item(), "accuracy": acc.mean().item(),
-                "format": fmt.mean().item(), "response_len": n_tokens / len(responses), "loss": loss.item(),
-                "kl": m["kl"], "clip_fraction": m["clip_fraction"],
-                "entropy": float((entropy * mask).sum() / mask.sum().clamp(min=1)),
-                "zero_variance_share": stats.zero_variance_groups / stats.n_groups,
-                "rollout_tokens_per_s": n_tokens / rollout_s}
+        return Step(updates(), metrics={
+            "reward": rewards.mean().item(), "accuracy": acc.mean().item(), "format": fmt.mean().item(),
+            "response_len": n_tokens / len(responses),
+            "entropy": float((entropy * mask).sum() / mask.sum().clamp(min=1)),
+            "zero_variance_share": stats.zero_variance_groups / stats.n_groups,
+            "rollout_tokens_per_s": n_tokens / rollout_s})
+
+    def _policy_loss(self, ids, valid, mask, old_logp, ref_logp, advantages) -> MicroBatch:
+        """One inner step's loss: GRPO (or REINFORCE) on the fixed samples + the model's auxiliary losses."""
+        cfg = self.cfg
+        out = self.model(ids, attention_mask=valid)
+        logp, _ = token_logps(out.logits, ids)
+        if cfg.algorithm == "reinforce":
+            loss, m = reinforce_loss(logp, advantages, mask), {"kl": 0.0, "clip_fraction": 0.0}
+        else:
+            loss, m = grpo_loss(logp, old_logp, advantages, mask, ref_logp=ref_logp, beta=cfg.beta,
+                                eps_low=cfg.eps_low, eps_high=cfg.eps_high, loss_type=cfg.loss_type,
+                                max_completion_length=cfg.max_new_tokens)
+        metrics = {"policy_loss": loss.item(), **m, **out.metrics}
+        if out.aux_loss is not None:  # MoE balance losses (V2's α terms, V3's sequence-wise α)
+            loss = loss + out.aux_loss
+        return MicroBatch(loss, metrics)
+
+    def train_step(self) -> dict:
+        """One GRPO step through the loop core; returns its train record."""
+        metrics, _ = self.loop.run_step(self.step_function)
+        return {"kind": "train", "step": self.step, **metrics}
 
     # ------------------------------------------------------------------------------------
-    def save(self) -> None:
-        save_checkpoint(self.run_dir / "checkpoints", self.model, self.optimizer, self.step,
-                        {"grpo_config": dataclasses.asdict(self.cfg)})
+    def save(self) -> Path:
+        return self.loop.save()
 
     def maybe_resume(self) -> bool:
-        ckpt = self.run_dir / "checkpoints" if self.run_dir else None
-        if ckpt is None or not (ckpt / LATEST).is_file():
-            return False
-        meta = load_checkpoint(ckpt, self.model, self.optimizer)
-        free = {"steps", "progress", "eval_every", "eval_samples"}  # no effect on a step's numbers (constant LR)
-        saved, now = meta.get("grpo_config", {}), dataclasses.asdict(self.cfg)
-        changed = sorted(k for k in now if k not in free and saved.get(k) != now[k])
-        if changed:
-            raise ValueError(f"the GRPO config differs from the checkpoint's in {changed}; use a new run directory")
-        self.step = meta["step"]
-        self.log.truncate_after(self.step)
-        return True
+        return self.loop.resume()
 
     def fit(self, checkpoint_every: int = 0) -> list[dict]:
-        """Train to ``cfg.steps``; returns every train and eval record of this call."""
-        cfg = self.cfg
+        """Train to ``cfg.steps`` (resuming from run_dir's checkpoint when there is one); returns every
+        train and eval record of this call."""
+        self.loop.cfg = dataclasses.replace(self.loop.cfg, checkpoint_every=checkpoint_every)
         if self.run_dir:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.maybe_resume()
-            (self.run_dir / "grpo_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-        records = []
-
-        def record(r: dict) -> None:
-            records.append(r)
-            if self.log:
-                self.log.append(r)
-
-        if self.step == 0:
-            record({"kind": "eval", **self.evaluate()})
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="GRPO", unit="step", disable=not cfg.progress)
-        try:
-            while self.step < cfg.steps:
-                rec = self.train_step()
-                record(rec)
-                bar.update(1)
-                bar.set_postfix(acc=f"{rec['accuracy']:.2f}", len=f"{rec['response_len']:.0f}")
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                    record({"kind": "eval", **self.evaluate()})
-                due = checkpoint_every and self.step % checkpoint_every == 0
-                if self.run_dir and (due or self.step == cfg.steps):
-                    self.save()
-        finally:
-            bar.close()
-        return records
+            self.loop.resume()
+            (self.run_dir / "grpo_config.json").write_text(json.dumps(dataclasses.asdict(self.cfg), indent=1))
+        out = self.loop.fit(self.step_function, evaluate=self.evaluate, eval_every=self.cfg.eval_every,
+                            eval_first=True, eval_kind="eval", show=("accuracy", "response_len"))
+        return out.records

@@ -1,11 +1,27 @@
-"""Training: the course's one trainer, LR schedules, atomic checkpoints, metrics logs."""
+"""Training: one loop core (loop.py) under the pretraining/SFT Trainer and GRPO, LR schedules, atomic
+checkpoints, metrics logs."""
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint, save_checkpoint
+from .loop import (
+    SUMMED_METRICS,
+    DivergenceError,
+    FitLog,
+    LoopConfig,
+    MicroBatch,
+    NonFiniteLossError,
+    Step,
+    StepFunction,
+    TrainingLoop,
+    make_optimizer,
+    reduce_metrics,
+)
 from .metrics import MetricsLog, read_metrics
 from .schedule import lr_at
-from .trainer import DivergenceError, NonFiniteLossError, TrainConfig, Trainer, TrainResult, make_optimizer
+from .trainer import TrainConfig, Trainer, TrainResult
 
 __all__ = [
-    "CheckpointError", "DivergenceError", "MetricsLog", "NonFiniteLossError", "TrainConfig", "TrainResult", "Trainer",
-    "load_checkpoint", "load_model_from_checkpoint", "lr_at", "make_optimizer", "read_metrics", "save_checkpoint",
+    "SUMMED_METRICS", "CheckpointError", "DivergenceError", "FitLog", "LoopConfig", "MetricsLog", "MicroBatch",
+    "NonFiniteLossError", "Step", "StepFunction", "TrainConfig", "TrainResult", "Trainer", "TrainingLoop",
+    "load_checkpoint", "load_model_from_checkpoint", "lr_at", "make_optimizer", "read_metrics", "reduce_metrics",
+    "save_checkpoint",
 ]

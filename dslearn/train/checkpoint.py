@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
-from ..config import ModelConfig
+from ..config import IMPLEMENTATION_FIELDS, ModelConfig
+from ..model import CausalLM
 
 LATEST = "LATEST"
 
@@ -108,12 +109,16 @@ def read_meta(path: str | os.PathLike) -> dict:
 def load_checkpoint(path: str | os.PathLike, model, optimizer=None, restore_rng: bool = False) -> dict:
     """Load weights (and optimizer/RNG state) into ``model``; returns the checkpoint's meta dict.
 
-    Raises CheckpointError if the checkpoint was written for a differently configured model.
+    Raises CheckpointError if the checkpoint was written for a differently configured model. Loading weights
+    only, the model may differ in how it computes (``IMPLEMENTATION_FIELDS``: e.g. the absorbed MLA path for
+    decoding a model trained naive); resuming training (``optimizer`` given) needs the very same config.
     """
     path = resolve_checkpoint(path)
     meta = json.loads((path / "meta.json").read_text())
     saved = ModelConfig.from_dict(meta["model_config"])
     diff = saved.differences(model.config)
+    if optimizer is None:
+        diff = {k: v for k, v in diff.items() if k not in IMPLEMENTATION_FIELDS}
     if diff:
         fields = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, a, b in
                            ((k, *v) for k, v in sorted(diff.items())))
@@ -134,8 +139,6 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer=None, restore_rng:
 
 def load_model_from_checkpoint(path: str | os.PathLike, device="cpu"):
     """Build the CausalLM a checkpoint describes and load its weights."""
-    from ..model import CausalLM
-
     meta = read_meta(path)
     model = CausalLM(ModelConfig.from_dict(meta["model_config"]))
     load_checkpoint(path, model)

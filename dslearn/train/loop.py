@@ -1,0 +1,314 @@
+"""The one training loop of the course: pretraining, SFT and GRPO differ only by their step function.
+
+    for step in range(steps):
+        plan = step_fn(step)                          # what to learn from this step (a Step)
+        for update in plan.updates:                   # optimizer updates: 1 (pretraining, SFT) or μ (GRPO)
+            for loss, metrics in update:              # micro-batches (gradient accumulation)
+                loss.backward()                       # each loss is its share of the update's loss
+            clip ‖g‖ to grad_clip; stop on NaN/inf or a loss above max_loss
+            AdamW step; after_optimizer_step() on every module that defines one   (V3's bias update)
+        log a record; evaluate; checkpoint atomically (weights, optimizer, RNG, MoE bias counters)
+
+A **step function** is any callable ``step_fn(step) -> Step``. Its ``updates`` are consumed lazily,
+so a micro-batch's forward runs only when the core asks for it, after the previous update was
+applied (GRPO's inner step k sees the weights of inner step k−1). It must depend only on ``step``,
+the weights and explicitly seeded generators: that is what makes a resumed run exact.
+
+**Micro-batch contract.** The losses of one update are *summed* for the gradient: the step function
+scales each micro-batch's mean loss to its share (``mean / n_micro`` for equal micro-batches, ``sum /
+tokens_in_update`` for masked SFT targets), so the gradient equals the un-accumulated batch's.
+The logged ``loss`` is the sum of the shares, i.e. the update's loss.
+
+**Metrics reduction.** Micro-batch metrics are floats; over the micro-batches of an update, and then
+over the updates of a step, each key is reduced by
+
+    mean  (sum / n)   every key by default: ce_loss, moe/aux_loss, moe/maxvio, moe/entropy, the per-expert
+                      and per-group shares ``moe/l{i}/expert{j}`` (micro-batches have equal token counts, so
+                      the mean of the shares is the share of the summed load), kl, clip_fraction, …
+    sum               the counts in ``SUMMED_METRICS`` (``moe/dropped``: assignments dropped over the step)
+
+A key missing from some micro-batches is averaged over those that report it.
+
+**Resume.** A run directory holding a checkpoint resumes from it: the wrapper's config (``run_config``,
+e.g. ``{"train_config": {...}}``) must match the checkpoint's except for the ``cosmetic`` fields,
+else ``CheckpointError`` names every differing field; weights, optimizer, torch's RNG state and
+each MoE layer's ``bias_updates`` counter (a Python int, saved in the checkpoint's meta) are
+restored, and the metrics log is cut back to the checkpoint's step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from ..devices import resolve_device
+from .checkpoint import LATEST, CheckpointError, load_checkpoint, read_meta, save_checkpoint
+from .metrics import MetricsLog
+from .schedule import SCHEDULES, lr_at
+
+SUMMED_METRICS = frozenset({"moe/dropped"})  # counts: summed over micro-batches and updates, not averaged
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged (a non-finite loss or gradient, or a loss above ``max_loss``) and stopped."""
+
+
+class NonFiniteLossError(DivergenceError):
+    """The loss or gradient became NaN/inf; training stopped."""
+
+
+# --- what a step function returns ------------------------------------------------------------
+class MicroBatch(NamedTuple):
+    loss: torch.Tensor  # this micro-batch's share of the update's loss (shares sum to it): backpropagated as is
+    metrics: dict  # floats, reduced over micro-batches (see SUMMED_METRICS)
+
+
+@dataclass
+class Step:
+    """One training step: its optimizer updates (each an iterable of micro-batches, consumed lazily)
+    and step-level metrics that are not per micro-batch (rewards, rollout speed, tokens seen…)."""
+    updates: Iterable[Iterable[MicroBatch]]
+    metrics: dict = field(default_factory=dict)
+    tokens: int | None = None  # tokens trained on, for throughput (None: not reported)
+
+
+class StepFunction(Protocol):
+    def __call__(self, step: int) -> Step: ...
+
+
+# --- the core's settings -----------------------------------------------------------------------
+@dataclass
+class LoopConfig:
+    """What the core acts on. ``TrainConfig`` and ``GRPOConfig`` each map onto it (``.loop_config()``)."""
+    steps: int
+    lr: float  # peak learning rate
+    warmup_steps: int = 0
+    schedule: str = "constant"  # train/schedule.py
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0  # on matrices and embeddings, not on norms/biases
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+    max_loss: float | None = None  # DivergenceError above this; None: only NaN/inf stop the run
+    log_every: int = 1  # steps between metrics-log records (the last step is always logged)
+    checkpoint_every: int = 0  # 0: only at the end; needs a run_dir
+    keep_checkpoints: int = 2
+    device: str = "cpu"
+    progress: bool = True
+    desc: str = "train"  # the progress bar's label
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+    def lr_at(self, step: int) -> float:
+        return lr_at(step, self.steps, self.lr, self.warmup_steps, self.schedule, self.min_lr_ratio)
+
+
+def make_optimizer(model, cfg) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only (``cfg``: lr, beta1, beta2, eps, weight_decay)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def reduce_metrics(rows: list[dict]) -> dict:
+    """Mean of each key over the rows that hold it; the keys in SUMMED_METRICS are summed."""
+    sums, counts = {}, {}
+    for row in rows:
+        for k, v in row.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+            counts[k] = counts.get(k, 0) + 1
+    return {k: s if k in SUMMED_METRICS else s / counts[k] for k, s in sums.items()}
+
+
+@dataclass
+class FitLog:
+    """What one ``TrainingLoop.fit`` call did."""
+    records: list[dict] = field(default_factory=list)  # every train record (logged or not) and eval record
+    train_seconds: float = 0.0  # time in training steps, evaluation excluded
+    tokens: int = 0  # tokens the step functions reported
+
+
+class TrainingLoop:
+    """Optimizer, updates, guards, hooks, checkpoints and the metrics log, for any step function.
+
+    run_config: ``{name: dict}`` saved in every checkpoint's meta and compared on resume (fields in
+    ``cosmetic`` may change). With ``run_dir`` set the loop writes ``metrics.jsonl`` and
+    ``checkpoints/`` there."""
+
+    def __init__(self, model, cfg: LoopConfig, run_dir: str | Path | None = None,
+                 run_config: dict | None = None, cosmetic: Iterable[str] = ()):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_config = run_config or {}
+        self.cosmetic = frozenset(cosmetic)
+        self.step = 0  # training steps done (a GRPO step holds μ optimizer updates)
+        self.hooks = [m for m in self.model.modules() if callable(getattr(m, "after_optimizer_step", None))]
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir else None
+
+    # --- checkpoints -----------------------------------------------------------------------
+    @property
+    def ckpt_dir(self) -> Path | None:
+        return self.run_dir / "checkpoints" if self.run_dir else None
+
+    def has_checkpoint(self) -> bool:
+        return self.ckpt_dir is not None and (self.ckpt_dir / LATEST).is_file()
+
+    def _latest(self) -> Path:
+        return self.ckpt_dir / (self.ckpt_dir / LATEST).read_text().strip()
+
+    def _bias_counters(self) -> dict[str, int]:
+        """DeepSeekMoE's ``bias_updates`` (a Python int, not in the state dict) of every MoE layer."""
+        return {name: m.bias_updates for name, m in self.model.named_modules() if hasattr(m, "bias_updates")}
+
+    def save(self) -> Path:
+        if self.ckpt_dir is None:
+            raise ValueError("this run has no run_dir to save checkpoints into")
+        meta = {**self.run_config, "bias_updates": self._bias_counters()}
+        return save_checkpoint(self.ckpt_dir, self.model, self.optimizer, self.step, meta,
+                               keep=self.cfg.keep_checkpoints)
+
+    def check_compatible(self, meta: dict) -> None:
+        """CheckpointError naming every field where the checkpoint's run config differs from this run's."""
+        where = self._latest()
+        for name, now in self.run_config.items():
+            if name not in meta:
+                kinds = sorted(k for k in meta if k.endswith("_config") and k != "model_config")
+                raise CheckpointError(f"{where} holds a different kind of run ({', '.join(kinds) or 'unknown'}, "
+                                      f"no {name}); choose another run_dir")
+            saved = meta[name]
+            changed = {k: (saved.get(k), v) for k, v in now.items() if k not in self.cosmetic and saved.get(k) != v}
+            if changed:
+                raise CheckpointError(
+                    f"cannot resume exactly from {where}: the {name} differs from the checkpoint's in "
+                    + ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in sorted(changed.items())))
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint in run_dir, if any (weights, optimizer, RNG, MoE counters)."""
+        if not self.has_checkpoint():
+            return False
+        self.check_compatible(read_meta(self.ckpt_dir))  # before touching the weights
+        meta = load_checkpoint(self.ckpt_dir, self.model, self.optimizer, restore_rng=True)
+        for name, m in self.model.named_modules():
+            if name in meta.get("bias_updates", {}):
+                m.bias_updates = meta["bias_updates"][name]
+        self.step = meta["step"]
+        if self.log:
+            self.log.truncate_after(self.step)
+        return True
+
+    def refuse_existing(self) -> None:
+        if self.has_checkpoint():
+            raise CheckpointError(f"{self.run_dir} already holds a run; resume it or choose another run_dir")
+
+    # --- one optimizer update, one training step --------------------------------------------------
+    def _stop(self, error: type[DivergenceError], what: str) -> DivergenceError:
+        msg = f"{what} at step {self.step} (lr {self.optimizer.param_groups[0]['lr']:.3g}); stopped."
+        if self.has_checkpoint():
+            msg += f" The last good checkpoint, {self._latest()}, is kept."
+        else:
+            msg += " No checkpoint had been written yet."
+        if self.log:
+            self.log.append({"kind": "event", "step": self.step, "event": what})
+        return error(msg)
+
+    def update(self, micro_batches: Iterable[MicroBatch]) -> dict:
+        """One optimizer update: backward every micro-batch, guard, clip, step, hooks → its metrics."""
+        loss_sum, rows = 0.0, []
+        for loss, metrics in micro_batches:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise self._stop(NonFiniteLossError, f"loss became {value}")
+            loss.backward()
+            loss_sum += value
+            rows.append(metrics)
+        if self.cfg.max_loss is not None and loss_sum > self.cfg.max_loss:
+            raise self._stop(DivergenceError, f"loss {loss_sum:.4g} exceeded max_loss={self.cfg.max_loss:g}")
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip).item()
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
+        if not math.isfinite(grad_norm):
+            raise self._stop(NonFiniteLossError, f"gradient norm became {grad_norm}")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for m in self.hooks:
+            m.after_optimizer_step()
+        return {"loss": loss_sum, "grad_norm": grad_norm, **reduce_metrics(rows)}
+
+    def run_step(self, step_fn: StepFunction) -> tuple[dict, Step]:
+        """Training step ``self.step``: every update of ``step_fn(self.step)``; then the counter moves on.
+        Returns the step's metrics (its updates' metrics reduced, then its own) and the Step."""
+        lr = self.cfg.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        plan = step_fn(self.step)
+        updates = [self.update(micro_batches) for micro_batches in plan.updates]
+        self.step += 1
+        return {"lr": lr, **reduce_metrics(updates), **plan.metrics}, plan
+
+    # --- the loop -------------------------------------------------------------------------------
+    def fit(self, step_fn: StepFunction, evaluate: Callable[[], dict] | None = None, eval_every: int = 0,
+            eval_first: bool = False, eval_kind: str = "val", show: tuple[str, ...] = ("loss",)) -> FitLog:
+        """Run ``step_fn`` until ``cfg.steps``, from ``self.step`` (call ``resume()`` first to continue a run).
+        evaluate() → a record, at step 0 when eval_first (fresh runs only), every eval_every steps and
+        at the last step; ``show`` names the record keys on the progress bar."""
+        cfg, out = self.cfg, FitLog()
+
+        def record(r: dict, logged: bool = True) -> None:
+            out.records.append(r)
+            if self.log and logged:
+                self.log.append(r)
+
+        if evaluate is not None and eval_first and self.step == 0:
+            record({"kind": eval_kind, **evaluate()})
+        self.model.train()
+        since_log_s, since_log_tokens = 0.0, 0
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc=cfg.desc, unit="step")
+        postfix = {}
+        try:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                metrics, plan = self.run_step(step_fn)
+                dt = time.perf_counter() - t0
+                out.train_seconds += dt
+                since_log_s += dt
+                if plan.tokens is not None:
+                    out.tokens += plan.tokens
+                    since_log_tokens += plan.tokens
+                last = self.step == cfg.steps
+                rec = {"kind": "train", "step": self.step, **metrics}
+                logged = self.step % cfg.log_every == 0 or last
+                if logged and plan.tokens is not None:
+                    rec["tokens_per_s"] = since_log_tokens / since_log_s
+                if logged:
+                    since_log_s, since_log_tokens = 0.0, 0
+                record(rec, logged)
+                bar.update(1)
+                postfix.update({k: f"{rec[k]:.3g}" for k in show if k in rec})
+                if evaluate is not None and ((eval_every and self.step % eval_every == 0) or last):
+                    ev = {"kind": eval_kind, **evaluate()}
+                    record(ev)
+                    postfix.update({k: f"{ev[k]:.3g}" for k in show if k in ev})
+                    self.model.train()
+                bar.set_postfix(postfix, refresh=False)
+                if self.run_dir and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last):
+                    self.save()
+        finally:
+            bar.close()
+        return out
