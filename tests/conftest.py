@@ -1,7 +1,11 @@
-"""Shared fixtures: tiny configs, a small synthetic corpus, and byte streams."""
+"""Shared fixtures: tiny configs, a small synthetic corpus, byte streams, thread/RNG isolation, and the
+check that multi-process tests leave no worker behind. Plain builders and constants are in helpers.py."""
+
+import multiprocessing as mp
 
 import pytest
 import torch
+from helpers import tiny_dense_config
 
 from dslearn.config import ModelConfig
 from dslearn.data import TokenStream
@@ -20,9 +24,16 @@ def one_thread_own_rng():
 
 
 @pytest.fixture
+def no_orphans():
+    """Fails the test if a worker process it started is still alive when it ends. Multi-process modules opt
+    in with ``pytestmark = pytest.mark.usefixtures("no_orphans")``."""
+    yield
+    assert mp.active_children() == [], "a worker process outlived the test"
+
+
+@pytest.fixture
 def tiny_config() -> ModelConfig:
-    return ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                       num_attention_heads=4, max_position_embeddings=64)
+    return tiny_dense_config()
 
 
 @pytest.fixture

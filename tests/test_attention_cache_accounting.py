@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_helpers import perturbed_model
+from helpers import mla_config, perturbed_model, tiny_dense_config
 
 from dslearn.attention.adaptive_cache import AdaptiveLatentCache, apply_adaptive_cache
 from dslearn.attention.cache_accounting import (
@@ -24,7 +24,6 @@ from dslearn.model import CausalLM, with_config
 pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
 TOL = dict(atol=2e-5, rtol=1e-4)
-
 
 
 def test_v2_table1_relations():
@@ -64,9 +63,7 @@ def test_dtype_bytes():
 @pytest.mark.parametrize("variant", ["MHA", "GQA", "MQA", "MLA"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_accounting_equals_real_cache_bytes(variant, dtype):
-    base = ModelConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                       max_position_embeddings=64)
-    cfg = attention_variants(base, gqa_groups=2)[variant]
+    cfg = attention_variants(tiny_dense_config(num_hidden_layers=3), gqa_groups=2)[variant]
     model = CausalLM(cfg).to(dtype).eval()
     state = model.new_decode_state(batch=2, max_len=40)
     with torch.no_grad():
@@ -88,10 +85,8 @@ def test_accounting_rejects_bad_arguments():
 # The layer-wise adaptive cache EXPERIMENT (not in the V3 report)
 
 def small_mla(layers=4) -> CausalLM:
-    cfg = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
-                      num_attention_heads=4, attention_type="mla", kv_lora_rank=32, qk_nope_head_dim=16,
-                      qk_rope_head_dim=8, v_head_dim=16, rope_interleave=True, max_position_embeddings=64)
-    return perturbed_model(cfg, seed=5)
+    """MLA without query compression, d_v = 16."""
+    return perturbed_model(mla_config(num_hidden_layers=layers, q_lora_rank=None, v_head_dim=16), seed=5)
 
 
 @pytest.mark.parametrize("path", ["naive", "absorbed"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_helpers import perturbed_model
+from helpers import mla_config, perturbed_model
 
 from dslearn.attention.yarn import yarn_get_mscale, yarn_inv_freq
 from dslearn.config import ModelConfig, yarn_settings
@@ -31,10 +31,7 @@ YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "
 
 
 def ours(q_lora_rank=24, rope_scaling=None) -> ModelConfig:
-    return ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                       num_attention_heads=4, attention_type="mla", q_lora_rank=q_lora_rank, kv_lora_rank=32,
-                       qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12, rope_interleave=True,
-                       max_position_embeddings=128, rope_scaling=rope_scaling)
+    return mla_config(q_lora_rank=q_lora_rank, rope_scaling=rope_scaling, max_position_embeddings=128)
 
 
 def reference_config(cfg: ModelConfig):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_helpers import perturbed_model
+from helpers import mla_config, perturbed_model, tiny_dense_config
 
 from dslearn.attention import LatentKVCache, MultiHeadLatentAttention
 from dslearn.attention.cache_accounting import (
@@ -25,16 +25,6 @@ from dslearn.model import CausalLM, choose_parts, with_config
 pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
 TOL = dict(atol=2e-5, rtol=1e-4)
-
-
-
-def mla_config(**overrides) -> ModelConfig:
-    base = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                attention_type="mla", q_lora_rank=24, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
-                v_head_dim=12, rope_interleave=True, max_position_embeddings=64)
-    base.update(overrides)
-    return ModelConfig(**base)
-
 
 
 def decode_stepwise(model, ids, prefill: int):
@@ -123,9 +113,7 @@ def test_softmax_scale_is_one_over_sqrt_nope_plus_rope():
 
 @pytest.mark.parametrize("variant", ["MHA", "GQA", "MQA", "MLA-naive", "MLA-absorbed"])
 def test_every_variant_cached_decode_equals_uncached_forward(variant):
-    base = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                       num_attention_heads=4, max_position_embeddings=64)
-    cfg = attention_variants(base, gqa_groups=2)[variant.split("-")[0]]
+    cfg = attention_variants(tiny_dense_config(), gqa_groups=2)[variant.split("-")[0]]
     model = perturbed_model(cfg)
     if variant == "MLA-absorbed":
         model = with_config(model, mla_impl="absorbed")

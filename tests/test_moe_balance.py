@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
+from helpers import moe_layer_config
 
-from dslearn.config import ModelConfig
 from dslearn.moe import (
     DeepSeekMoE,
     capacity_keep_mask,
@@ -73,11 +73,8 @@ def test_losses_are_one_at_perfect_balance_and_push_affinity_off_busy_experts():
 
 
 def test_layer_adds_alpha_weighted_losses_only_in_training():
-    cfg = ModelConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=8,
-                      n_group=4, topk_group=2, topk_method="group_limited_greedy", aux_loss_alpha=0.003,
-                      device_aux_loss_alpha=0.05, comm_aux_loss_alpha=0.02)
-    layer = DeepSeekMoE(cfg)
+    layer = DeepSeekMoE(moe_layer_config(topk_method="group_limited_greedy", aux_loss_alpha=0.003,
+                                         device_aux_loss_alpha=0.05, comm_aux_loss_alpha=0.02))
     x = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(0))
     layer(x)
     r = layer.gate(x.view(-1, 32))
@@ -91,11 +88,8 @@ def test_layer_adds_alpha_weighted_losses_only_in_training():
 
 # --- V3's aux-loss-free bias ----------------------------------------------------------------------
 def v3_layer(**kw) -> DeepSeekMoE:
-    cfg = ModelConfig(**(dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                              num_attention_heads=2, n_routed_experts=8, num_experts_per_tok=2,
-                              moe_intermediate_size=8, n_group=4, topk_group=2, scoring_func="sigmoid",
-                              topk_method="noaux_tc", norm_topk_prob=True, bias_update_speed=0.01) | kw))
-    layer = DeepSeekMoE(cfg)
+    layer = DeepSeekMoE(moe_layer_config(**(dict(scoring_func="sigmoid", topk_method="noaux_tc", norm_topk_prob=True,
+                                                 bias_update_speed=0.01) | kw)))
     with torch.no_grad():  # a skewed router: expert 0 and 1 attract most tokens
         layer.gate.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
         layer.gate.weight[:2] += 0.2

@@ -6,27 +6,22 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import FAST, V3_GATING, moe_config
 
-from dslearn.config import ModelConfig
 from dslearn.model import CausalLM
 from dslearn.train import TrainConfig, Trainer, load_model_from_checkpoint, read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
-FAST = dict(batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_windows=8, progress=False, log_every=1)
 
-
-def moe_cfg(**kw) -> ModelConfig:
-    return ModelConfig(**(dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                               num_attention_heads=2, max_position_embeddings=64, n_routed_experts=8,
-                               num_experts_per_tok=2, moe_intermediate_size=16, n_shared_experts=1, n_group=4,
-                               topk_group=2, first_k_dense_replace=1) | kw))
+def moe_cfg(**kw):
+    """helpers.moe_config with a dense first layer, as V2/V3 have."""
+    return moe_config(**(dict(first_k_dense_replace=1) | kw))
 
 
 V2 = dict(topk_method="group_limited_greedy", aux_loss_alpha=0.003, device_aux_loss_alpha=0.05,
           comm_aux_loss_alpha=0.02, capacity_factor=1.0, drop_exempt_fraction=0.25)
-V3 = dict(scoring_func="sigmoid", topk_method="noaux_tc", norm_topk_prob=True, routed_scaling_factor=2.5,
-          bias_update_speed=0.01, seq_aux_loss_alpha=1e-4)
+V3 = V3_GATING | dict(bias_update_speed=0.01, seq_aux_loss_alpha=1e-4)
 
 
 @pytest.mark.parametrize("gating", [V2, V3], ids=["v2", "v3"])

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from helpers import moe_config, v3_config
 
 from dslearn.config import ConfigError, ModelConfig
 from dslearn.export import hf_config
@@ -20,18 +21,6 @@ from dslearn.moe import DeepSeekMoE, route
 pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 
 sig = lambda v: 1 / (1 + math.exp(-v))
-
-
-def moe_config(**kw) -> ModelConfig:
-    base = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=64, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
-                n_shared_experts=1, n_group=4, topk_group=2)
-    return ModelConfig(**(base | kw))
-
-
-def v3_config(**kw) -> ModelConfig:
-    return moe_config(**(dict(scoring_func="sigmoid", topk_method="noaux_tc", norm_topk_prob=True,
-                              routed_scaling_factor=2.5) | kw))
 
 
 # --- hand-computed cases ----------------------------------------------------------------------

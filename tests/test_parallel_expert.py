@@ -7,12 +7,10 @@ The single-process pieces (the layer at EP = 1, the split expert matmul, the aux
 checked against the plain modules without any process group.
 """
 
-import multiprocessing as mp
-
 import pytest
 import torch
+from helpers import assert_same_step, pipeline_moe_config, token_batch
 
-from dslearn.config import ModelConfig
 from dslearn.layers import WeightGradStore, expert_matmul
 from dslearn.model import CausalLM, choose_parts
 from dslearn.moe.layer import DeepSeekMoE
@@ -20,37 +18,12 @@ from dslearn.parallel.expert_parallel import EPComm, ExpertParallelExperts, expe
 from dslearn.parallel.launcher import WorkerError
 from dslearn.parallel.runtime import AddAuxLoss, reference_step, run_pipeline, run_pipelines
 
-pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
-
-
-def _moe_config(layers=4, **kw):
-    """V3-style routing (sigmoid, noaux_tc, normalised top-K × 2.5, sequence-wise balance loss), the first
-    layer dense, 8 experts in 2 groups, one shared expert."""
-    base = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-                num_attention_heads=2, max_position_embeddings=16, n_routed_experts=8, n_shared_experts=1,
-                num_experts_per_tok=2, moe_intermediate_size=16, first_k_dense_replace=1, n_group=2,
-                topk_group=2, scoring_func="sigmoid", norm_topk_prob=True, topk_method="noaux_tc",
-                routed_scaling_factor=2.5, seq_aux_loss_alpha=0.01)
-    return ModelConfig(**(base | kw))
-
-
-def _batch(rows=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 64, (rows, 8), generator=g), torch.randint(0, 64, (rows, 8), generator=g)
-
-
-@pytest.fixture(autouse=True)
-def no_orphans():
-    yield
-    assert mp.active_children() == [], "a worker process outlived the test"
+pytestmark = pytest.mark.usefixtures("one_thread_own_rng", "no_orphans")
 
 
 def _assert_matches(out, ref, label):
-    assert out["loss"] == pytest.approx(ref["loss"], abs=1e-5), label
+    assert_same_step(out, ref, label)
     assert ref["aux_loss"] > 0 and out["aux_loss"] == pytest.approx(ref["aux_loss"], abs=1e-6), label
-    assert set(out["grads"]) == set(ref["grads"]), f"{label}: {set(ref['grads']) ^ set(out['grads'])}"
-    for n, g in ref["grads"].items():
-        torch.testing.assert_close(out["grads"][n], g, atol=1e-6, rtol=1e-4, msg=lambda m, n=n: f"{label} {n}: {m}")
     # what V3's bias update reads: assignments per expert, every replica's tokens counted once
     assert set(out["expert_load"]) == set(ref["expert_load"]) == {f"model.layers.{i}.mlp" for i in (1, 2, 3)}
     for n, load in ref["expert_load"].items():
@@ -69,7 +42,7 @@ def _jobs(specs, cfg, ids, tg, **kw):
 def test_layer_at_ep1_equals_deepseek_moe_with_b_and_w_split():
     """EP = 1 runs no collective; output and every gradient equal DeepSeekMoE's, also when the expert weight
     gradients are deferred into the store and run later as W."""
-    cfg = _moe_config()
+    cfg = pipeline_moe_config()
     ref = DeepSeekMoE(cfg)
     x = torch.randn(2, 8, 32, requires_grad=True)
     y_ref = ref(x)
@@ -121,10 +94,10 @@ def test_add_aux_loss_passes_x_through_and_gives_the_loss_gradient_one():
 
 def test_expert_parallel_refuses_what_it_cannot_check():
     with pytest.raises(ValueError, match="capacity_factor must be None"):
-        ExpertParallelExperts(_moe_config(capacity_factor=1.0), EPComm())
+        ExpertParallelExperts(pipeline_moe_config(capacity_factor=1.0), EPComm())
     with pytest.raises(ValueError, match="n_routed_experts=8 cannot be split evenly over 3"):
-        ExpertParallelExperts(_moe_config(), EPComm(size=3))
-    cfg = _moe_config()
+        ExpertParallelExperts(pipeline_moe_config(), EPComm(size=3))
+    cfg = pipeline_moe_config()
     model = CausalLM(cfg, parts=choose_parts(cfg, routed_experts=expert_parallel(EPComm())))
     assert sum(isinstance(m, ExpertParallelExperts) for m in model.modules()) == 3  # layers 1..3; layer 0 is dense
 
@@ -136,7 +109,7 @@ def test_expert_parallel_refuses_what_it_cannot_check():
 def test_two_ranks_moe_pipeline_and_pure_expert_parallel_equal_one_process():
     """PP = 2 × EP = 1 (MoE layers inside stages, balance loss carried through the backward) and
     PP = 1 × EP = 2 (experts split over two processes, each with half the batch)."""
-    cfg, (ids, tg) = _moe_config(), _batch()
+    cfg, (ids, tg) = pipeline_moe_config(), token_batch(16)
     ref = reference_step(cfg.to_dict(), 0, ids, tg)
     specs = [("1f1b", 1, 4, False), ("zb1p", 1, 4, False), ("dualpipe", 1, 4, True), ("1f1b", 2, 4, False)]
     outs = run_pipelines(_jobs(specs, cfg, ids, tg), 2, timeout=120)
@@ -149,7 +122,7 @@ def test_two_ranks_moe_pipeline_and_pure_expert_parallel_equal_one_process():
 def test_four_ranks_pipeline_times_expert_parallel_equal_one_process():
     """PP = 2 × EP = 2 with every schedule; DualPipe(V) also with its F&B halves in two threads, and with an
     injected all-to-all latency (which must not change a single number)."""
-    cfg, (ids, tg) = _moe_config(), _batch()
+    cfg, (ids, tg) = pipeline_moe_config(), token_batch(16)
     ref = reference_step(cfg.to_dict(), 0, ids, tg)
     specs = [("1f1b", 2, 4, False), ("zb1p", 2, 4, False), ("dualpipe", 2, 4, False), ("dualpipe", 2, 4, True),
              ("dualpipev", 2, 4, True)]
@@ -164,7 +137,7 @@ def test_four_ranks_pipeline_times_expert_parallel_equal_one_process():
 
 
 def test_bad_layouts_are_refused():
-    cfg, (ids, tg) = _moe_config(), _batch()
+    cfg, (ids, tg) = pipeline_moe_config(), token_batch(16)
     with pytest.raises(WorkerError, match=r"expert_parallel=3 must be a positive divisor of the 2 ranks"):
         run_pipeline("1f1b", 2, cfg, ids, tg, 4, expert_parallel=3)
     with pytest.raises(WorkerError, match=r"cannot be cut into 2 expert-parallel slices of 3 equal micro-batches"):
@@ -174,7 +147,7 @@ def test_bad_layouts_are_refused():
 def test_a_failing_rank_inside_an_expert_parallel_group_stops_everyone():
     """Rank 3 raises halfway; its EP peer (rank 2) is then stuck in an all-to-all and its pipeline peers in
     receives: all are stopped, and the error names rank 3."""
-    cfg, (ids, tg) = _moe_config(), _batch()
+    cfg, (ids, tg) = pipeline_moe_config(), token_batch(16)
     with pytest.raises(WorkerError, match=r"rank 3 failed: RuntimeError: injected failure on rank 3") as info:
         run_pipeline("1f1b", 4, cfg, ids, tg, 4, timeout=60, expert_parallel=2, fail={"rank": 3, "how": "raise"})
     assert info.value.rank == 3
