@@ -19,7 +19,6 @@ from dslearn.moe import (
     max_violation,
     route,
     sequence_balance_loss,
-    set_bias_update_speed,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
@@ -130,8 +129,7 @@ def test_bias_changes_only_in_training_and_stops_on_schedule():
     torch.testing.assert_close(steps, steps.round(), atol=1e-5, rtol=0)
     assert steps.max() <= 3
     before = bias.clone()
-    set_bias_update_speed(layer, 0.5)
-    layer.config.bias_update_until = None
+    layer.config = layer.config.replace(bias_update_speed=0.5, bias_update_until=None)  # γ comes from the config
     layer(x)
     layer.after_optimizer_step()
     assert (bias - before).abs().max().item() == pytest.approx(0.5)

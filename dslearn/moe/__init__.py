@@ -16,7 +16,6 @@ from .balance import (
     max_violation,
     moe_layers,
     routing_entropy,
-    set_bias_update_speed,
     update_bias,
 )
 from .dispatch import grouped_dispatch, loop_dispatch
@@ -29,5 +28,5 @@ __all__ = [
     "DeepSeekMoE", "Gate", "Routing", "RoutedExperts", "capacity_keep_mask", "collect_moe", "combinations",
     "comm_balance_loss", "device_balance_loss", "expert_balance_loss", "fine_grained", "fuse_expert_weights",
     "grouped_dispatch", "load_metrics", "loop_dispatch", "max_violation", "moe_layers", "route",
-    "routing_entropy", "sequence_balance_loss", "set_bias_update_speed", "split_expert_weights", "update_bias",
+    "routing_entropy", "sequence_balance_loss", "split_expert_weights", "update_bias",
 ]

@@ -115,10 +115,4 @@ def load_metrics(topk_idx: torch.Tensor, scores: torch.Tensor, n_experts: int, n
 
 def moe_layers(model: nn.Module) -> list[nn.Module]:
     """Every DeepSeekMoE layer inside ``model``, in order."""
-    return [m for m in model.modules() if hasattr(m, "bias_update_speed") and hasattr(m, "gate")]
-
-
-def set_bias_update_speed(model: nn.Module, gamma: float) -> None:
-    """Schedule γ by hand (e.g. 0 for the last part of training, as V3 did)."""
-    for m in moe_layers(model):
-        m.bias_update_speed = float(gamma)
+    return [m for m in model.modules() if hasattr(m, "after_optimizer_step") and hasattr(m, "gate")]

@@ -64,7 +64,6 @@ class DeepSeekMoE(nn.Module):
         self.experts = (experts or RoutedExperts.from_config)(config)
         self.shared_experts = (SwiGLU(c.hidden_size, c.n_shared_experts * c.moe_intermediate_size, linear=linear)
                                if c.n_shared_experts else None)
-        self.bias_update_speed = float(c.bias_update_speed)  # γ; schedulable (balance.set_bias_update_speed)
         self.bias_updates = 0  # optimizer steps that updated the bias so far
         self.register_buffer("step_load", torch.zeros(c.n_routed_experts), persistent=False)  # (E,) this step
         self.aux_loss: torch.Tensor | None = None
@@ -114,9 +113,9 @@ class DeepSeekMoE(nn.Module):
         if self.step_load.sum() == 0:  # no training forward since the last step
             return
         until = self.config.bias_update_until
-        if (self.config.topk_method == "noaux_tc" and self.bias_update_speed > 0
-                and (until is None or self.bias_updates < until)):
-            update_bias(self.gate.e_score_correction_bias, self.step_load, self.bias_update_speed)
+        gamma = self.config.bias_update_speed  # γ, then 0 after bias_update_until steps (V3's schedule)
+        if self.config.topk_method == "noaux_tc" and gamma > 0 and (until is None or self.bias_updates < until):
+            update_bias(self.gate.e_score_correction_bias, self.step_load, gamma)
             self.bias_updates += 1
         self.step_load.zero_()
 
