@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from helpers import FAST
 
 from dslearn.model import CausalLM
 from dslearn.train import (
@@ -15,8 +16,6 @@ from dslearn.train import (
     read_metrics,
 )
 from dslearn.train import checkpoint as ckpt_module
-
-FAST = dict(batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_windows=8, progress=False, log_every=1)
 
 
 def make_trainer(cfg, streams, run_dir=None, **overrides):
