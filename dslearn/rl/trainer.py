@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import check_int
-from ..train.loop import LoopConfig, MicroBatch, Step, TrainingLoop
+from ..train.loop import LoopConfig, LoopWrapper, MicroBatch, Step, TrainingLoop
 from .grpo import LOSS_TYPES, group_advantages, grpo_loss, reinforce_loss
 from .rollout import pass_at_k, prompt_ids, sample, score
 from .tasks import Problem
@@ -122,7 +122,7 @@ def completion_logps(model, problems: list[Problem], responses: list[list[int]],
     return logp, mask, entropy
 
 
-class GRPOTrainer:
+class GRPOTrainer(LoopWrapper):
     def __init__(self, model, cfg: GRPOConfig, train_problems: list[Problem], eval_problems: list[Problem],
                  run_dir: str | Path | None = None):
         if not train_problems or not eval_problems:
@@ -138,14 +138,6 @@ class GRPOTrainer:
                                  cosmetic=GRPOConfig.COSMETIC)
         self.model, self.optimizer = self.loop.model, self.loop.optimizer
         self.run_dir, self.log = self.loop.run_dir, self.loop.log
-
-    @property
-    def step(self) -> int:
-        return self.loop.step
-
-    @step.setter
-    def step(self, value: int) -> None:
-        self.loop.step = value
 
     # ------------------------------------------------------------------------------------
     def evaluate(self) -> dict:

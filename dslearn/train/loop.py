@@ -312,3 +312,18 @@ class TrainingLoop:
         finally:
             bar.close()
         return out
+
+
+class LoopWrapper:
+    """Base of the wrappers that build a step function and drive a ``TrainingLoop`` (``Trainer``,
+    ``GRPOTrainer``): their ``step`` is the loop's."""
+
+    loop: TrainingLoop
+
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.loop.step = value

@@ -35,6 +35,7 @@ from ..data import Batches, EvalBatches, bits_per_byte
 from .loop import (
     DivergenceError,
     LoopConfig,
+    LoopWrapper,
     MicroBatch,
     NonFiniteLossError,
     Step,
@@ -117,7 +118,7 @@ class TrainResult:
         return self.val[-1]["val_bpb"] if self.val else float("nan")
 
 
-class Trainer:
+class Trainer(LoopWrapper):
     """Train ``model`` on ``train`` (any ``Batches``: a TokenStream, an SFTStream), evaluating on ``val``.
 
     With ``run_dir`` set, the run writes ``metrics.jsonl``, ``config.json`` and checkpoints there,
@@ -140,14 +141,6 @@ class Trainer:
                                  cosmetic=TrainConfig.COSMETIC)
         self.model, self.device, self.optimizer = self.loop.model, self.loop.device, self.loop.optimizer
         self.run_dir, self.log = self.loop.run_dir, self.loop.log
-
-    @property
-    def step(self) -> int:
-        return self.loop.step
-
-    @step.setter
-    def step(self, value: int) -> None:
-        self.loop.step = value
 
     @property
     def ckpt_dir(self) -> Path | None:
