@@ -111,7 +111,8 @@ class CausalLM(nn.Module):
 
     ``parts`` (default ``choose_parts(config)``) holds every implementation it is built from. Initialisation
     draws from its own generator seeded by ``seed``: the same config and seed give the same weights, whatever
-    else has used torch's global RNG (and whatever ``parts`` — the parameter shapes are the config's)."""
+    else has used torch's global RNG, and whatever ``parts`` when they keep the config's parameter shapes (all
+    but the pipeline runtime's expert-parallel shards, which it loads from the whole model)."""
 
     def __init__(self, config: ModelConfig, seed: int = 0, parts: Parts | None = None):
         super().__init__()
