@@ -18,6 +18,7 @@ paper symbol it stands for:
     α1, α2, α3 (V2 balance losses)        aux_loss_alpha, device_aux_loss_alpha, comm_aux_loss_alpha
     α (V3 sequence-wise loss), γ, b_i     seq_aux_loss_alpha, bias_update_speed, gate.e_score_correction_bias
     D (MTP depth)                         num_nextn_predict_layers
+    λ (MTP loss weight; V3: 0.3 → 0.1)    mtp_loss_weight → mtp_loss_weight_final at mtp_weight_switch_step
 
 Implementation choices (same weights, a different computation) are fields too, each with the tuple of
 names it accepts (``CHOICES``); ``dslearn.model.parts`` is the one place that turns them into modules:
@@ -219,6 +220,9 @@ class ModelConfig:
     moe_impl: str = "grouped"  # routed-expert dispatch: "grouped" (fast) or "loop" (reference)
     # --- multi-token prediction --------------------------------------------------------
     num_nextn_predict_layers: int = 0  # D, MTP depth (V3 §2.2); 0 = none
+    mtp_loss_weight: float = 0.3  # λ, the MTP loss weight at first (V3: 0.3 for the first 10T tokens)
+    mtp_loss_weight_final: float = 0.1  # λ after the switch (V3: 0.1 for the remaining 4.8T tokens)
+    mtp_weight_switch_step: int | None = None  # optimizer steps at λ before λ_final; None = never switch
     # --- numerics and init -------------------------------------------------------------
     rms_norm_eps: float = 1e-6  # ε of RMSNorm
     initializer_range: float = 0.02  # std of the normal initialisation
@@ -252,6 +256,10 @@ class ModelConfig:
         ints(1, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
              "num_key_value_heads", "head_dim", "max_position_embeddings")
         ints(0, "num_nextn_predict_layers")
+        for name in ("mtp_loss_weight", "mtp_loss_weight_final"):
+            check_number(owner, name, getattr(self, name), 0)
+        if self.mtp_weight_switch_step is not None:
+            ints(0, "mtp_weight_switch_step")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"num_key_value_heads={self.num_key_value_heads} must divide "

@@ -44,11 +44,6 @@ def test_choose_parts_refuses_a_value_without_implementation():
         choose_parts(cfg)
 
 
-def test_mtp_is_refused_until_it_is_built():
-    with pytest.raises(ConfigError, match="num_nextn_predict_layers=1"):
-        CausalLM(_moe(num_nextn_predict_layers=1))
-
-
 def test_aux_loss_is_collected_from_its_owners_with_and_without_targets():
     model = CausalLM(_moe())
     ids = torch.randint(0, 64, (2, 8))

@@ -188,4 +188,4 @@ def test_grpo_on_mla_moe_resumes_exactly_after_sigkill(tmp_path, monkeypatch):
     resumed = load_model_from_checkpoint(run).state_dict()
     for name, value in ref.model.state_dict().items():
         assert torch.equal(resumed[name], value), name
-    assert load_checkpoint(run, CausalLM(MLA_MOE))["bias_updates"] == {"model.layers.1.mlp": 6}
+    assert load_checkpoint(run, CausalLM(MLA_MOE))["counters"] == {"model.layers.1.mlp": {"bias_updates": 6}}

@@ -110,7 +110,7 @@ def test_resume_restores_rng_state_and_moe_bias_counters(tmp_path):
     mlp = trainer.model.model.layers[1].mlp
     assert mlp.bias_updates == 2
     meta = json.loads((tmp_path / "run" / "checkpoints" / "step_000002" / "meta.json").read_text())
-    assert meta["bias_updates"] == {"model.layers.1.mlp": 2}
+    assert meta["counters"] == {"model.layers.1.mlp": {"bias_updates": 2}}
     saved_rng = torch.get_rng_state()
     torch.rand(5)  # the global generator moves on
     again = pretrain_trainer(tmp_path / "run", steps=2)
@@ -150,4 +150,4 @@ def test_pretraining_resumes_exactly_after_sigkill(tmp_path):
     resumed = load_model_from_checkpoint(run).state_dict()
     for name, value in ref.model.state_dict().items():
         assert torch.equal(resumed[name], value), name
-    assert load_checkpoint(run, CausalLM(MLA_MOE))["bias_updates"] == {"model.layers.1.mlp": 4}
+    assert load_checkpoint(run, CausalLM(MLA_MOE))["counters"] == {"model.layers.1.mlp": {"bias_updates": 4}}

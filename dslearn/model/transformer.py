@@ -36,8 +36,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..config import ConfigError, ModelConfig
+from ..config import ModelConfig
 from ..layers import RMSNorm, cross_entropy
+from .block import DecoderLayer
+from .mtp import MultiTokenPrediction
 from .parts import Parts, choose_parts
 
 
@@ -83,19 +85,6 @@ class DecodeState:
         return sum(c.nbytes(self.length) for c in self.caches)
 
 
-class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int, parts: Parts):
-        super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = parts.attention(config, layer_idx)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = parts.ffn(config, layer_idx)
-
-    def forward(self, h, rope, attn_mask=None, cache=None, start=0):
-        u = h + self.self_attn(self.input_layernorm(h), rope, attn_mask, cache, start)  # (B, T, d)
-        return u + self.mlp(self.post_attention_layernorm(u))  # (B, T, d)
-
-
 class Backbone(nn.Module):
     """Embedding, the stack of decoder layers, and the final norm (HF's ``model.`` prefix)."""
 
@@ -116,16 +105,14 @@ class CausalLM(nn.Module):
 
     def __init__(self, config: ModelConfig, seed: int = 0, parts: Parts | None = None):
         super().__init__()
-        if config.num_nextn_predict_layers:
-            raise ConfigError(f"num_nextn_predict_layers={config.num_nextn_predict_layers}: multi-token prediction "
-                              "(V3 §2.2) is not built yet in this version of dslearn; use 0 (the paper presets keep "
-                              "it for accounting only)")
         parts = parts or choose_parts(config)
         self.config = config
         self.model = Backbone(config, parts)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)  # full precision, as in V3
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        # multi-token prediction (V3 §2.2): D more depths sharing embed_tokens and lm_head (mtp.py)
+        self.mtp = MultiTokenPrediction(config, parts) if config.num_nextn_predict_layers else None
         rope_dim = self.model.layers[0].self_attn.rope_dim
         self.rotary = parts.rotary(config, rope_dim)  # plain RoPE, or YaRN when config.rope_scaling is set
         self.reset_parameters(torch.Generator().manual_seed(seed))
@@ -145,8 +132,11 @@ class CausalLM(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std, generator=generator)
 
-    def num_parameters(self, non_embedding: bool = False) -> int:
+    def num_parameters(self, non_embedding: bool = False, mtp: bool = True) -> int:
+        """Parameters held (each shared tensor once); ``mtp=False`` leaves the MTP modules out, as V3's 671B does."""
         n = sum(p.numel() for p in self.parameters())
+        if not mtp and self.mtp is not None:
+            n -= sum(p.numel() for p in self.mtp.parameters())
         if non_embedding:
             n -= self.model.embed_tokens.weight.numel()
             if not self.config.tie_word_embeddings:
@@ -233,6 +223,13 @@ class CausalLM(nn.Module):
         inputs = self.prepare(B, T, input_ids.device, attention_mask, state)
         h = self.backbone(self.model.embed_tokens(input_ids), inputs, state)  # (B, T, d)
         logits = self.head(h[:, -1:] if last_only else h)  # (B, T, V)
+        if self.mtp is not None:  # MTP trains only; at inference the modules are simply not run
+            self.mtp.losses = []
+            if self.training and targets is not None:
+                if attention_mask is not None or state is not None:
+                    raise ValueError("multi-token prediction trains on unpadded batches without a decode state; "
+                                     "pass targets (with -100 where a token must not count) and no attention_mask")
+                self.mtp.forward_losses(h, input_ids, targets, self.model.embed_tokens, self.lm_head, self.prepare)
         aux, metrics = self.auxiliary()
         loss = None
         if targets is not None:

@@ -54,6 +54,8 @@ def balance_loss(c: ModelConfig, r, B: int, T: int) -> torch.Tensor | None:
 
 
 class DeepSeekMoE(nn.Module):
+    STEP_COUNTERS = ("bias_updates",)  # plain ints the training loop checkpoints (train/loop.py)
+
     def __init__(self, config: ModelConfig, layer_idx: int = 0, linear=nn.Linear, experts=None):
         """``linear``: the shared experts' Linear class; ``experts``: a factory ``experts(config) -> module`` for
         the routed experts (default ``RoutedExperts.from_config``)."""

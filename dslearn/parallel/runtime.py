@@ -125,6 +125,10 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
     combine from the EP group with ``a2a_latency`` injected per all-to-all. ``overlap``: run the two halves
     of each F&B pair in two threads, so that one's communication waits while the other computes."""
     torch.manual_seed(seed)
+    if config.get("num_nextn_predict_layers"):
+        raise ValueError("num_nextn_predict_layers > 0: multi-token prediction is not placed in the pipeline yet "
+                         "(its depths would run on the last stage, after the head, with the embedding shared from "
+                         "the first stage); train MTP models in one process")
     EP = expert_parallel
     if not isinstance(EP, int) or EP < 1 or world_size % EP:
         raise ValueError(f"expert_parallel={EP!r} must be a positive divisor of the {world_size} ranks "

@@ -7,7 +7,7 @@
                 loss.backward()                       # each loss is its share of the update's loss
             clip ‖g‖ to grad_clip; stop on NaN/inf or a loss above max_loss
             AdamW step; after_optimizer_step() on every module that defines one   (V3's bias update)
-        log a record; evaluate; checkpoint atomically (weights, optimizer, RNG, MoE bias counters)
+        log a record; evaluate; checkpoint atomically (weights, optimizer, RNG, modules' step counters)
 
 A **step function** is any callable ``step_fn(step) -> Step``. Its ``updates`` are consumed lazily,
 so a micro-batch's forward runs only when the core asks for it, after the previous update was
@@ -32,7 +32,8 @@ A key missing from some micro-batches is averaged over those that report it.
 **Resume.** A run directory holding a checkpoint resumes from it: the wrapper's config (``run_config``,
 e.g. ``{"train_config": {...}}``) must match the checkpoint's except for the ``cosmetic`` fields,
 else ``CheckpointError`` names every differing field; weights, optimizer, torch's RNG state and
-each MoE layer's ``bias_updates`` counter (a Python int, saved in the checkpoint's meta) are
+the plain-int step counters modules name in ``STEP_COUNTERS`` (DeepSeekMoE's ``bias_updates``, MTP's
+``optimizer_steps``; saved in the checkpoint's meta as ``counters``) are
 restored, and the metrics log is cut back to the checkpoint's step.
 """
 
@@ -170,14 +171,16 @@ class TrainingLoop:
     def _latest(self) -> Path:
         return self.ckpt_dir / (self.ckpt_dir / LATEST).read_text().strip()
 
-    def _bias_counters(self) -> dict[str, int]:
-        """DeepSeekMoE's ``bias_updates`` (a Python int, not in the state dict) of every MoE layer."""
-        return {name: m.bias_updates for name, m in self.model.named_modules() if hasattr(m, "bias_updates")}
+    def _counters(self) -> dict[str, dict[str, int]]:
+        """The plain-int step counters modules keep outside the state dict, named by their ``STEP_COUNTERS``
+        (DeepSeekMoE's ``bias_updates``, MTP's ``optimizer_steps``): {module name: {attribute: value}}."""
+        return {name: {a: getattr(m, a) for a in type(m).STEP_COUNTERS}
+                for name, m in self.model.named_modules() if hasattr(type(m), "STEP_COUNTERS")}
 
     def save(self) -> Path:
         if self.ckpt_dir is None:
             raise ValueError("this run has no run_dir to save checkpoints into")
-        meta = {**self.run_config, "bias_updates": self._bias_counters()}
+        meta = {**self.run_config, "counters": self._counters()}
         return save_checkpoint(self.ckpt_dir, self.model, self.optimizer, self.step, meta,
                                keep=self.cfg.keep_checkpoints)
 
@@ -202,9 +205,10 @@ class TrainingLoop:
             return False
         self.check_compatible(read_meta(self.ckpt_dir))  # before touching the weights
         meta = load_checkpoint(self.ckpt_dir, self.model, self.optimizer, restore_rng=True)
+        counters = meta.get("counters", {})
         for name, m in self.model.named_modules():
-            if name in meta.get("bias_updates", {}):
-                m.bias_updates = meta["bias_updates"][name]
+            for attr, value in counters.get(name, {}).items():
+                setattr(m, attr, value)
         self.step = meta["step"]
         if self.log:
             self.log.truncate_after(self.step)
