@@ -212,12 +212,18 @@ def test_extra_is_removed_but_old_configs_with_it_still_load():
 
 
 def test_shipped_configs_load():
-    """Every config.json this repository ships (written before `extra` was removed) still loads."""
+    """Every config.json this repository ships still loads: our own (some written before `extra` was removed), and
+    the Hugging Face folders ``dslearn.export.to_hf`` wrote (``"dslearn"`` key)."""
+    from dslearn.export import config_from_hf
+
     root = Path(__file__).resolve().parents[1]
     shipped = sorted((root / "experiments").rglob("config.json"))
     assert shipped, "expected experiments/rl/base/config.json"
     for path in shipped:
         d = json.loads(path.read_text())
+        if "dslearn" in d:
+            config_from_hf(d)
+            continue
         assert d.get("extra", {}) == {}, f"{path} wrote a non-empty extra"
         ModelConfig.from_dict(d)
 
