@@ -198,6 +198,9 @@ def test_greedy_identical_with_high_acceptance(trained_d2):
 
 # --- sampling: the main model's distribution -----------------------------------------------------------------
 
+SAMPLES = 1500  # a wrong acceptance rule (always keep drafts, or resample from p) fails with p-values < 1e-10
+
+
 def _exact_joint(model, prompt, n, temperature, top_k) -> torch.Tensor:
     """P(t_1..t_n | prompt) under plain sampling, enumerated: (V,)*n tensor."""
     V = model.config.vocab_size
@@ -228,7 +231,7 @@ def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("depth, temperature, top_k", [(1, 1.0, None), (2, 0.8, 5)])
 def test_sampling_keeps_the_main_models_distribution(depth, temperature, top_k):
-    """2500 speculative samples of n = D + 2 tokens (so a step with D drafts happens) against the exact joint
+    """SAMPLES speculative samples of n = D + 2 tokens (so a step with D drafts happens) against the exact joint
     distribution of plain sampling: chi-square on each consecutive pair (t_i, t_{i+1}), each at p > 1e-3 (a
     correct sampler fails one of them with probability < 3e-3; the seeds are fixed, so the test is
     deterministic). The first draft's distribution q is far from p (checked), so a sampler that kept drafts
@@ -255,11 +258,11 @@ def test_sampling_keeps_the_main_models_distribution(depth, temperature, top_k):
     g = torch.Generator().manual_seed(1)
     counts = torch.zeros(*([8] * n))
     steps_with_all_drafts = 0
-    for _ in range(2500):
+    for _ in range(SAMPLES):
         r = speculative_generate(model, prompt, n, temperature=temperature, top_k=top_k, generator=g)
         counts[tuple(r.tokens)] += 1
         steps_with_all_drafts += r.drafted >= depth
-    assert steps_with_all_drafts == 2500
+    assert steps_with_all_drafts == SAMPLES
     for i in range(n - 1):
         others = tuple(j for j in range(n) if j not in (i, i + 1))
         assert _chi2_pvalue(counts.sum(others), exact.sum(others)) > 1e-3, f"(t{i + 1}, t{i + 2})"
@@ -282,7 +285,9 @@ def test_result_counts_and_training_mode_kept():
     model = perturbed_model(tiny_dense_config(num_nextn_predict_layers=1)).train()
     r = speculative_generate(model, [1, 2, 3], 10)
     assert model.training
-    assert len(r.tokens) == 10 and r.drafted == r.verify_steps  # D = 1: one draft per verify step
+    assert len(r.tokens) == 10
+    # D = 1: one draft per verify step, but none when only one token is left to make
+    assert r.verify_steps - 1 <= r.drafted <= r.verify_steps
     assert r.verify_steps + r.accepted == 9  # the prefill gives the first token, each step 1 + accepted
     assert r.acceptance_rate == r.accepted / r.drafted
     assert speculative_generate(model, [1, 2, 3], 1).verify_steps == 0
