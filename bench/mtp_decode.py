@@ -107,7 +107,7 @@ def teacher_forced_agreement(model: CausalLM, val: bytes, windows: int = 16, seq
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="experiments/mtp/model_d1")
+    p.add_argument("--model", default=str(Path(__file__).resolve().parent.parent / "experiments/mtp/model_d1"))
     p.add_argument("--train-steps", type=int, default=300)
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--prompt-len", type=int, default=32)
