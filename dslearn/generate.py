@@ -51,7 +51,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k, top_p, generato
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
-def _check_args(prompts, max_new_tokens, temperature, top_k, top_p, context):
+def check_generation_args(prompts, max_new_tokens, temperature, top_k, top_p, context):
     if not prompts:
         raise ValueError("prompts is empty")
     if any(len(p) == 0 for p in prompts):
@@ -90,7 +90,7 @@ def generate(
     stop: token sequences; a row ends as soon as its new tokens end with one of them.
     """
     cfg = model.config
-    _check_args(prompts, max_new_tokens, temperature, top_k, top_p, cfg.max_position_embeddings)
+    check_generation_args(prompts, max_new_tokens, temperature, top_k, top_p, cfg.max_position_embeddings)
     stops = [list(s) for s in (stop or []) if len(s) > 0]
     device = model.lm_head.weight.device
     B, P = len(prompts), max(len(p) for p in prompts)

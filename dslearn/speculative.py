@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .generate import _check_args, filter_logits
+from .generate import check_generation_args, filter_logits
 
 
 @dataclass
@@ -111,7 +111,7 @@ def speculative_generate(model, prompt: list[int], max_new_tokens: int, temperat
         if len(prompt) != 1:
             raise ValueError(f"speculative_generate decodes one sequence (batch 1); got {len(prompt)} prompts")
         prompt = prompt[0]
-    _check_args([prompt], max_new_tokens, temperature, top_k, None, model.config.max_position_embeddings)
+    check_generation_args([prompt], max_new_tokens, temperature, top_k, None, model.config.max_position_embeddings)
     greedy = temperature == 0
     D, mtp, embed = len(model.mtp), model.mtp, model.model.embed_tokens
     p = model.lm_head.weight
