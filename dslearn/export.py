@@ -30,7 +30,9 @@ o_proj}`` or Llama's ``q/k/v/o_proj``, dense ``.mlp.{gate,up,down}_proj``, ``.ml
     lm_head.weight, tied              not stored (HF re-ties it)    not stored
     mtp.{k}.block.<X>                 model.layers.{L+k}.<X>        model.layers.{L+k}.<X>
     mtp.{k}.<Y> (enorm, hnorm,        model.layers.{L+k}.<Y>        model.layers.{L+k}.<Y>
-      eh_proj, shared_head.*, …)        (not loaded: see MTP)
+      eh_proj, shared_head.norm)        (not loaded: see MTP)
+    (shared: model.embed_tokens,      model.layers.{L+k}.embed_tokens, .shared_head.head: copies written
+      lm_head)                          as DeepSeek's release stores them; from_hf checks and drops them
 
 ``to_hf(model, path, expert_layout="fused")`` writes the installed transformers' fused experts;
 ``expert_layout="per_expert"`` writes DeepSeek's release layout, which transformers ≥ 5 fuses on load.
@@ -354,9 +356,15 @@ def to_hf(model: CausalLM, path, expert_layout: str = "fused") -> Path:
         raise ConfigError(f"num_nextn_predict_layers={c.num_nextn_predict_layers} but the model holds {n_mtp} MTP "
                           f"module(s) under {MTP_PREFIX!r}; the file would promise weights it does not have")
     # 2. renames and layouts
+    head = state["lm_head.weight"]
     if c.tie_word_embeddings:
         del state["lm_head.weight"]  # one tensor on disk; HF ties it back to model.embed_tokens.weight
-    for i in range(c.num_hidden_layers):
+    state = mtp_to_hf_names(state, c.num_hidden_layers)
+    L, D = c.num_hidden_layers, c.num_nextn_predict_layers
+    for j in range(L, L + D):  # DeepSeek's release stores each MTP layer's shared embedding and head as copies
+        state[f"model.layers.{j}.embed_tokens.weight"] = state["model.embed_tokens.weight"]
+        state[f"model.layers.{j}.shared_head.head.weight"] = head
+    for i in range(L + D):  # the main layers, then the MTP blocks (layer L+k−1 is MoE in MoE configs, as in V3)
         p = f"model.layers.{i}.mlp."
         if not c.is_moe_layer(i):
             continue
@@ -366,7 +374,6 @@ def to_hf(model: CausalLM, path, expert_layout: str = "fused") -> Path:
                 state[f"{p}shared_experts.{name}.weight"] = torch.zeros(shape, dtype=state[f"{p}gate.weight"].dtype)
         if expert_layout == "per_expert":
             state = split_expert_weights(state, prefix=p)
-    state = mtp_to_hf_names(state, c.num_hidden_layers)
     # 3. write
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -399,6 +406,15 @@ def from_hf(path, seed: int = 0) -> CausalLM:
     state = mtp_from_hf_names(fuse_expert_weights(load_hf_state_dict(folder)), config.num_hidden_layers)
     if not config.n_shared_experts or not config.is_moe:  # drop HF's width-0 shared experts
         state = {k: v for k, v in state.items() if not (".shared_experts." in k and v.numel() == 0)}
+    for k in range(config.num_nextn_predict_layers):  # DeepSeek's per-MTP-layer copies of the shared tensors
+        for copy, main in ((f"{MTP_PREFIX}{k}.embed_tokens.weight", "model.embed_tokens.weight"),
+                           (f"{MTP_PREFIX}{k}.shared_head.head.weight",
+                            "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight")):
+            if copy in state:
+                if main in state and not torch.equal(state[copy], state[main]):
+                    raise ValueError(f"{folder}: MTP layer {config.num_hidden_layers + k} stores its own "
+                                     f"{copy.split('.', 2)[2]}, different from {main}; dslearn's MTP shares one tensor")
+                del state[copy]
     model = CausalLM(config, seed=seed)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if config.tie_word_embeddings:

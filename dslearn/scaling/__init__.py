@@ -10,6 +10,8 @@ from .accounting import (
     flops_per_token,
     gpu_hours_for,
     mfu,
+    mtp_flops_per_token,
+    mtp_parameter_counts,
     non_embedding_params,
     parameter_counts,
     six_n1,
@@ -22,6 +24,6 @@ from .laws import B_OPT, D_OPT, ETA_OPT, M_OPT, PowerLaw, optimal_allocation, op
 __all__ = [
     "B_OPT", "D_OPT", "ETA_OPT", "IsoFLOPFit", "M_OPT", "M_closed_form", "ParametricFit", "PowerLaw",
     "compute_budget", "fit_isoflop", "fit_parametric", "fit_power_law", "flops_per_token", "gpu_hours_for",
-    "mfu", "non_embedding_params", "optimal_allocation", "optimal_hyperparameters",
-    "parameter_counts", "six_n1", "six_n2", "training_cost",
+    "mfu", "mtp_flops_per_token", "mtp_parameter_counts", "non_embedding_params", "optimal_allocation",
+    "optimal_hyperparameters", "parameter_counts", "six_n1", "six_n2", "training_cost",
 ]

@@ -17,6 +17,11 @@ MoE layer) — and reduces to the closed form above for a standard layer (attent
 (That it counts what a real step costs is measured, on a built model, by
 ``dslearn.studies.scaling.measured_flops_per_token``.)
 
+**Multi-token prediction** (V3 §2.2) adds D modules of one decoder block each, plus M_k (d×2d) and three
+norms; they share the main model's embedding and output head. ``mtp_parameter_counts`` and
+``mtp_flops_per_token`` count them apart from the main model, as the report does: V3's 671B excludes the MTP
+module, which DeepSeek's release stores with its own copies of the embedding and head ("14B"; 685B in all).
+
     paper            code
     N1, N2           non_embedding_params(cfg), non_embedding_params(cfg) + n_vocab·d (``six_n2``)
     M                flops_per_token(cfg, seq_len)      M_closed_form(n_layer, d, l_seq)
@@ -83,6 +88,37 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
         d_qk = d_v = cfg.head_dim
     attention = 6 * cfg.num_hidden_layers * l_seq * cfg.num_attention_heads * (d_qk + d_v)
     return 6 * matrices + attention
+
+
+def _mtp_depth_matrices(cfg: ModelConfig, depth: int, activated: bool) -> int:
+    """Matrix parameters of MTP depth k (1-based): M_k (2d·d) + its block (attention + FFN at layer L+k−1)."""
+    d = cfg.hidden_size
+    return 2 * d * d + attention_params(cfg) + ffn_params(cfg, cfg.num_hidden_layers + depth - 1, activated)
+
+
+def mtp_parameter_counts(cfg: ModelConfig) -> dict[str, int]:
+    """Parameters of the D MTP modules: ``own`` (what the model holds: M_k, the block, hnorm, enorm, the block's
+    norms and shared_head.norm), ``stored`` (own plus the embedding and head copies DeepSeek's release writes
+    into every MTP layer), and ``activated`` per token (own, with only K_r routed experts)."""
+    d, D = cfg.hidden_size, cfg.num_nextn_predict_layers
+    norms = 2 * d + (cfg.kv_lora_rank + (cfg.q_lora_rank or 0) if cfg.attention_type == "mla" else 0) + 3 * d
+    own = sum(_mtp_depth_matrices(cfg, k, False) + norms for k in range(1, D + 1))
+    activated = sum(_mtp_depth_matrices(cfg, k, True) + norms for k in range(1, D + 1))
+    return {"own": own, "stored": own + D * 2 * cfg.vocab_size * d, "activated": activated}
+
+
+def mtp_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
+    """Training FLOPs per token the D MTP modules add (forward + backward): 6 per activated matrix parameter
+    of each depth, its attention over the context, and its pass through the shared output head (6·V·d, which M
+    leaves out for the main model's own head)."""
+    l_seq = seq_len or cfg.max_position_embeddings
+    if cfg.attention_type == "mla":
+        d_qk, d_v = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim, cfg.v_head_dim
+    else:
+        d_qk = d_v = cfg.head_dim
+    per_depth = [6 * _mtp_depth_matrices(cfg, k, True) + 6 * l_seq * cfg.num_attention_heads * (d_qk + d_v)
+                 + 6 * cfg.vocab_size * cfg.hidden_size for k in range(1, cfg.num_nextn_predict_layers + 1)]
+    return sum(per_depth)
 
 
 def M_closed_form(n_layer: int, d_model: int, l_seq: int) -> int:
