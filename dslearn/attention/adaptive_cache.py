@@ -52,6 +52,14 @@ class AdaptiveLatentCache:
     def select(self, rows: torch.Tensor) -> None:
         self.kv = self.kv[rows]
 
+    def truncate(self, length: int) -> None:
+        """An evicting cache cannot roll back: the rows it dropped are gone, and a rolled-back position would
+        need them again. Speculative decoding (and anything else that truncates) is not supported here."""
+        raise NotImplementedError(
+            f"AdaptiveLatentCache cannot truncate to {length}: it has evicted positions before {self.first} "
+            "and cannot restore them; speculative decoding needs a full cache (turn the experiment off with "
+            "apply_adaptive_cache(model, first_layer, window=None))")
+
     def nbytes(self, length: int | None = None) -> int:
         """Bytes actually held (``length`` is ignored: the cache holds at most ``window`` rows)."""
         return self.kv.numel() * self.kv.element_size()

@@ -27,7 +27,8 @@ class KVCache:
     """Pre-allocated per-layer key/value cache for MHA/GQA/MQA: (B, n_kv, max_len, d_h) each.
 
     Only the positions [0, start + T) written so far are read back; ``select`` keeps a subset of
-    batch rows (generation drops finished sequences from the batch this way).
+    batch rows (generation drops finished sequences from the batch this way); ``truncate`` drops
+    positions from the end (speculative decoding rolls back rejected draft tokens this way).
     """
 
     def __init__(self, batch: int, n_kv: int, max_len: int, head_dim: int, dtype, device):
@@ -49,10 +50,22 @@ class KVCache:
     def select(self, rows: torch.Tensor) -> None:
         self.k, self.v = self.k[rows], self.v[rows]
 
+    def truncate(self, length: int) -> None:
+        """Drop the cached positions >= ``length`` (speculative decoding rolls back rejected tokens this
+        way); the next ``update`` writes from ``length`` on. The dropped rows are zeroed, not just ignored."""
+        _check_truncate(length, self.max_len)
+        self.k[:, :, length:] = 0
+        self.v[:, :, length:] = 0
+
     def nbytes(self, length: int | None = None) -> int:
         """Bytes held for the first ``length`` positions (all allocated ones by default)."""
         n = self.max_len if length is None else length
         return 2 * self.k[:, :, :n].numel() * self.k.element_size()
+
+
+def _check_truncate(length: int, max_len: int) -> None:
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= max_len:
+        raise ValueError(f"truncate length must be an integer in [0, {max_len}], got {length!r}")
 
 
 class MultiHeadAttention(nn.Module):

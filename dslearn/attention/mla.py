@@ -43,6 +43,7 @@ from torch import nn
 
 from ..config import MLA_IMPLS
 from ..layers import RMSNorm, apply_rotary
+from .mha import _check_truncate
 from .yarn import softmax_scale
 
 MLA_PATHS = MLA_IMPLS  # the values of ModelConfig.mla_impl, declared once in config.py
@@ -70,6 +71,11 @@ class LatentKVCache:
 
     def select(self, rows: torch.Tensor) -> None:
         self.kv = self.kv[rows]
+
+    def truncate(self, length: int) -> None:
+        """Drop the cached positions >= ``length`` (zeroed); the next ``update`` writes from ``length`` on."""
+        _check_truncate(length, self.max_len)
+        self.kv[:, length:] = 0
 
     def nbytes(self, length: int | None = None) -> int:
         """Bytes held for the first ``length`` positions (all allocated ones by default)."""

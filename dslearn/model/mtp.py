@@ -18,7 +18,8 @@ the main model's (MLA and DeepSeekMoE when the config says so), built by the sam
 With our batches (x = t_{1:T} as input ids, y = t_{2:T+1} as targets) depth k reads Emb(x[:, k:]), predicts
 y[:, k:], and runs over the first T−k positions. Only training forwards with targets compute it: at inference
 the MTP modules are simply not run (V3 §2.2: "we can directly discard the MTP modules"), or they draft tokens
-for self-speculative decoding.
+for self-speculative decoding (``dslearn.speculative``): then each depth decodes incrementally with a cache of
+its own (``new_decode_state``), one chunk of positions at a time (``draft``), and predicts through ``logits``.
 
 λ follows V3's schedule: ``mtp_loss_weight`` (0.3) for the first ``mtp_weight_switch_step`` optimizer steps,
 then ``mtp_loss_weight_final`` (0.1). The module counts optimizer steps itself (``after_optimizer_step``), and
@@ -43,6 +44,7 @@ from ..config import ModelConfig
 from ..layers import RMSNorm, cross_entropy
 from .block import DecoderLayer
 from .parts import Parts
+from .state import DecodeState
 
 
 class SharedHead(nn.Module):
@@ -127,3 +129,27 @@ class MultiTokenPrediction(nn.ModuleList):
 
     def after_optimizer_step(self) -> None:
         self.optimizer_steps += 1
+
+    # --- decoding: the depths as drafters (dslearn/speculative.py) -------------------------------------------
+    def new_decode_state(self, batch: int, max_len: int, dtype=None, device=None) -> list[DecodeState]:
+        """One DecodeState per depth, holding that depth's block cache. Depth k's position i is the step that
+        reads (h_i^{k−1}, Emb(t_{i+k})) and predicts t_{i+k+1}; its cache and positions are its own."""
+        p = self[0].eh_proj.weight
+        dtype, device = dtype or p.dtype, device or p.device
+        return [DecodeState([depth.block.self_attn.new_cache(batch, max_len, dtype, device)], batch, max_len, device)
+                for depth in self]
+
+    def draft(self, k: int, h_prev: torch.Tensor, emb: torch.Tensor, state: DecodeState, prepare) -> torch.Tensor:
+        """Run depth k (1-based) on the next chunk of its positions, continuing ``state`` (its own DecodeState,
+        whose cache it writes). h_prev (B, T', d): h^{k−1} at those positions (h^0 = the main model's states
+        before the final norm); emb (B, T', d): Emb(t_{i+k}) for each. Returns h^k (B, T', d), exactly what
+        ``forward_losses`` computes at those positions (RoPE positions and causal mask from ``prepare``)."""
+        B, T, _ = h_prev.shape
+        inputs = prepare(B, T, h_prev.device, state=state)
+        h = self[k - 1](h_prev, emb, inputs.rope, inputs.attn_mask, state.caches[0], inputs.start)  # h^k (B, T', d)
+        state.advance(inputs.start, inputs.valid)
+        return h
+
+    def logits(self, k: int, h: torch.Tensor, head: nn.Module) -> torch.Tensor:
+        """Depth k's prediction from its states h^k (…, d): its own final norm, then the shared ``head``."""
+        return head(self[k - 1].shared_head.norm(h))

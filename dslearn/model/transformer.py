@@ -41,6 +41,7 @@ from ..layers import RMSNorm, cross_entropy
 from .block import DecoderLayer
 from .mtp import MultiTokenPrediction
 from .parts import Parts, choose_parts
+from .state import DecodeState
 
 
 @dataclass
@@ -49,6 +50,8 @@ class ModelOutput:
     loss: torch.Tensor | None = None  # with targets: mean next-token cross-entropy in nats (fp32) + aux_loss
     metrics: dict = field(default_factory=dict)  # extra scalars for the trainer's log ("ce_loss", "moe/…")
     aux_loss: torch.Tensor | None = None  # the sum of this forward's auxiliary losses (training mode), or None
+    hidden: torch.Tensor | None = None  # with return_hidden=True: (B, T, d) last hidden states BEFORE the final
+    #                                     norm (h^0 of multi-token prediction), every position even with last_only
 
 
 @dataclass
@@ -59,30 +62,6 @@ class Inputs:
     attn_mask: torch.Tensor | None  # (B, 1, T, start+T) bool, or None for plain causal attention
     start: int = 0  # absolute position of the first query (the cache's filled length)
     valid: torch.Tensor | None = None  # (B, T) bool real tokens, when padding or a cache is involved
-
-
-class DecodeState:
-    """Everything incremental decoding carries between steps: per-layer caches, which cached
-    positions hold real tokens, how many positions are filled, and each row's next position."""
-
-    def __init__(self, caches: list, batch: int, max_len: int, device=None):
-        self.caches = caches
-        self.key_valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
-        self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
-        self.length = 0
-
-    @property
-    def max_len(self) -> int:
-        return self.key_valid.shape[1]
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only these batch rows (e.g. drop sequences that finished)."""
-        for c in self.caches:
-            c.select(rows)
-        self.key_valid, self.next_pos = self.key_valid[rows], self.next_pos[rows]
-
-    def nbytes(self) -> int:
-        return sum(c.nbytes(self.length) for c in self.caches)
 
 
 class Backbone(nn.Module):
@@ -181,8 +160,7 @@ class CausalLM(nn.Module):
         for layer, cache in zip(self.model.layers, caches):
             h = layer(h, inputs.rope, inputs.attn_mask, cache, inputs.start)  # (B, T, d)
         if state is not None:
-            state.length = inputs.start + h.shape[1]
-            state.next_pos = state.next_pos + inputs.valid.long().sum(1)
+            state.advance(inputs.start, inputs.valid)
         return h
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -211,10 +189,12 @@ class CausalLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         state: DecodeState | None = None,
         last_only: bool = False,
+        return_hidden: bool = False,
     ) -> ModelOutput:
         """input_ids (B, T) int64. targets (B, T), -100 = ignore. attention_mask (B, T): 1 for real
         tokens (left padding only). state: continue a DecodeState (its caches are updated).
-        last_only: compute logits for the last position only (generation)."""
+        last_only: compute logits for the last position only (generation). return_hidden: also return
+        the backbone's output before the final norm in ``ModelOutput.hidden`` (what MTP drafts from)."""
         B, T = input_ids.shape
         if input_ids.dtype != torch.long:
             raise TypeError(f"input_ids must be int64 token ids, got {input_ids.dtype}")
@@ -238,7 +218,8 @@ class CausalLM(nn.Module):
                 metrics["ce_loss"] = float(loss.detach())
             if aux is not None:
                 loss = loss + aux
-        return ModelOutput(logits=logits, loss=loss, metrics=metrics, aux_loss=aux)
+        return ModelOutput(logits=logits, loss=loss, metrics=metrics, aux_loss=aux,
+                           hidden=h if return_hidden else None)
 
 
 def with_config(model: CausalLM, **changes) -> CausalLM:
