@@ -59,6 +59,7 @@ def test_layer_paths_agree_and_train_the_same():
                n_group=2, topk_group=1, topk_method="group_limited_greedy", aux_loss_alpha=0.01,
                capacity_factor=1.0, drop_exempt_fraction=0.25)
     a, b = DeepSeekMoE(ModelConfig(**cfg, moe_impl="grouped")), DeepSeekMoE(ModelConfig(**cfg, moe_impl="loop"))
+    a.reset_parameters(torch.Generator().manual_seed(0))  # fixed weights: whether tokens drop must not be luck
     b.load_state_dict(a.state_dict())
     x = torch.randn(4, 12, 32, generator=torch.Generator().manual_seed(0))
     ya, yb = a(x), b(x)
@@ -68,6 +69,27 @@ def test_layer_paths_agree_and_train_the_same():
     for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, **TOL, msg=lambda m, n=n: f"{n}: {m}")
     assert a.stats["dropped"] == b.stats["dropped"] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("hidden,inner", [(36, 10), (44, 7), (32, 86)])
+def test_widths_grouped_mm_cannot_take_run_and_equal_the_loop(hidden, inner, dtype):
+    """grouped_mm needs 16-byte strides; widths ModelConfig accepts that miss them (e.g. fine_grained(4, 1, 688, m=8)
+    gives 86) must run — block by block — never crash, and still equal the reference loop."""
+    cfg = dict(vocab_size=64, hidden_size=hidden, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+               n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=inner)
+    a, b = DeepSeekMoE(ModelConfig(**cfg, moe_impl="grouped")), DeepSeekMoE(ModelConfig(**cfg, moe_impl="loop"))
+    b.load_state_dict(a.state_dict())
+    a, b = a.to(dtype), b.to(dtype)
+    x = torch.randn(2, 8, hidden, generator=torch.Generator().manual_seed(0)).to(dtype)
+    ya, yb = a(x), b(x)
+    tol = TOL if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(ya, yb, **tol)
+    ya.float().square().sum().backward()
+    yb.float().square().sum().backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad.float(), pb.grad.float(), **(tol if dtype == torch.float32 else
+                                   dict(atol=5e-2, rtol=5e-2)), msg=lambda m, n=n: f"{n}: {m}")
 
 
 def test_per_expert_rename_table_round_trips():

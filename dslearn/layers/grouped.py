@@ -22,11 +22,21 @@ def block_offsets(counts: torch.Tensor) -> torch.Tensor | None:
     return counts.cumsum(0).to(torch.int32) if HAS_GROUPED_MM else None
 
 
+def _aligned(t: torch.Tensor) -> bool:
+    """grouped_mm's requirement: the data and every non-unit stride on 16-byte boundaries."""
+    size = t.element_size()
+    return t.data_ptr() % 16 == 0 and all(st * size % 16 == 0 for st in t.stride() if st != 1)
+
+
 def grouped_matmul(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, offs: torch.Tensor | None) -> torch.Tensor:
-    """Rows of x (A, k) sorted by expert times their expert's w[e] (E, k, n) → (A, n)."""
-    if offs is not None:
+    """Rows of x (A, k) sorted by expert times their expert's w[e] (E, k, n) → (A, n).
+
+    ``F.grouped_mm`` needs 16-byte-aligned strides: widths that are not a multiple of 4 in fp32 (8 in bf16), which
+    ModelConfig accepts, run block by block instead (same numbers; tests/test_moe_dispatch.py)."""
+    out_row_bytes = w.shape[-1] * x.element_size()  # the output (A, n), and its gradient in backward, too
+    if offs is not None and _aligned(x) and _aligned(w) and out_row_bytes % 16 == 0:
         return F.grouped_mm(x, w, offs=offs)
-    return torch.cat([xe @ w[e] for e, xe in enumerate(x.split(counts.tolist()))])  # older torch: slice by slice
+    return torch.cat([xe @ w[e] for e, xe in enumerate(x.split(counts.tolist()))])  # block by block
 
 
 def expert_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
