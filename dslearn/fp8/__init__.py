@@ -9,7 +9,8 @@ with FP32 promotion, an FP8 Linear layer — in plain torch, and as Triton kerne
     linear.py        FP8Linear: Fprop, Dgrad and Wgrad in FP8
 
 The chapter's experiments (scaling error with outliers, FP32 vs BF16 vs FP8 training) train and measure
-models, so they live in ``dslearn.studies.fp8``; this package imports nothing above ``dslearn.config``.
+models, so they live in ``dslearn.studies.fp8``; this package imports only ``dslearn.config`` and
+``dslearn.layers`` (the B/W split FP8Linear's Wgrad can defer into).
 """
 
 from .accumulation import accumulation_sweep, limited_precision_matmul
