@@ -34,12 +34,22 @@ e.g. ``{"train_config": {...}}``) must match the checkpoint's except for the ``c
 else ``CheckpointError`` names every differing field; weights, optimizer, torch's RNG state and
 the plain-int step counters modules name in ``STEP_COUNTERS`` (DeepSeekMoE's ``bias_updates``, MTP's
 ``optimizer_steps``; saved in the checkpoint's meta as ``counters``) are
-restored, and the metrics log is cut back to the checkpoint's step.
+restored, and the metrics log is cut back to the checkpoint's step (a run with no checkpoint starts
+its log afresh). The newest *intact* checkpoint is used (train/checkpoint.py checks SHA-256 sums).
+
+**Never lose a run.** Checkpoints are written every ``checkpoint_every`` steps and whenever
+``checkpoint_minutes`` have passed since the last one (both on by default), and at the end. Ctrl-C
+(SIGINT) or SIGTERM during ``fit`` finishes the current step, saves it and raises ``Interrupted``
+(a KeyboardInterrupt) whose message says how to resume; a second Ctrl-C stops at once. A run directory
+is locked (``RunLock``) while a process trains in it.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -50,7 +60,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..devices import resolve_device
-from .checkpoint import LATEST, CheckpointError, load_checkpoint, read_meta, save_checkpoint
+from .checkpoint import RunConflictError, RunLock, find_intact, load_checkpoint, save_checkpoint
 from .metrics import MetricsLog
 from .schedule import SCHEDULES, lr_at
 
@@ -63,6 +73,10 @@ class DivergenceError(RuntimeError):
 
 class NonFiniteLossError(DivergenceError):
     """The loss or gradient became NaN/inf; training stopped."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped ``fit`` after a whole step; the message says where it was saved and how to resume."""
 
 
 # --- what a step function returns ------------------------------------------------------------
@@ -100,7 +114,8 @@ class LoopConfig:
     grad_clip: float | None = 1.0
     max_loss: float | None = None  # DivergenceError above this; None: only NaN/inf stop the run
     log_every: int = 1  # steps between metrics-log records (the last step is always logged)
-    checkpoint_every: int = 0  # 0: only at the end; needs a run_dir
+    checkpoint_every: int = 0  # steps between checkpoints (0: none by step count); needs a run_dir
+    checkpoint_minutes: float | None = 10.0  # also save when this long has passed since the last save (None: off)
     keep_checkpoints: int = 2
     device: str = "cpu"
     progress: bool = True
@@ -166,10 +181,22 @@ class TrainingLoop:
         return self.run_dir / "checkpoints" if self.run_dir else None
 
     def has_checkpoint(self) -> bool:
-        return self.ckpt_dir is not None and (self.ckpt_dir / LATEST).is_file()
+        return self.ckpt_dir is not None and self.ckpt_dir.is_dir() and any(
+            p.name == "LATEST" or p.name.startswith("step_") for p in self.ckpt_dir.iterdir())
 
     def _latest(self) -> Path:
-        return self.ckpt_dir / (self.ckpt_dir / LATEST).read_text().strip()
+        return find_intact(self.ckpt_dir)
+
+    def lock(self) -> None:
+        """Take the run directory's lock (CheckpointError if another process trains there)."""
+        if self.run_dir is not None:
+            if not hasattr(self, "_lock"):
+                self._lock = RunLock(self.run_dir)
+            self._lock.acquire()
+
+    def unlock(self) -> None:
+        if hasattr(self, "_lock"):
+            self._lock.release()
 
     def _counters(self) -> dict[str, dict[str, int]]:
         """The plain-int step counters modules keep outside the state dict, named by their ``STEP_COUNTERS``
@@ -180,43 +207,51 @@ class TrainingLoop:
     def save(self) -> Path:
         if self.ckpt_dir is None:
             raise ValueError("this run has no run_dir to save checkpoints into")
+        self.lock()
         meta = {**self.run_config, "counters": self._counters()}
+        self._saved_at = (self.step, time.monotonic())
         return save_checkpoint(self.ckpt_dir, self.model, self.optimizer, self.step, meta,
                                keep=self.cfg.keep_checkpoints)
 
-    def check_compatible(self, meta: dict) -> None:
+    def check_compatible(self, meta: dict, where: Path | None = None) -> None:
         """CheckpointError naming every field where the checkpoint's run config differs from this run's."""
-        where = self._latest()
+        where = where or self._latest()
         for name, now in self.run_config.items():
             if name not in meta:
                 kinds = sorted(k for k in meta if k.endswith("_config") and k != "model_config")
-                raise CheckpointError(f"{where} holds a different kind of run ({', '.join(kinds) or 'unknown'}, "
+                raise RunConflictError(f"{where} holds a different kind of run ({', '.join(kinds) or 'unknown'}, "
                                       f"no {name}); choose another run_dir")
             saved = meta[name]
             changed = {k: (saved.get(k), v) for k, v in now.items() if k not in self.cosmetic and saved.get(k) != v}
             if changed:
-                raise CheckpointError(
+                raise RunConflictError(
                     f"cannot resume exactly from {where}: the {name} differs from the checkpoint's in "
                     + ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in sorted(changed.items())))
 
     def resume(self) -> bool:
         """Load the newest checkpoint in run_dir, if any (weights, optimizer, RNG, MoE counters)."""
+        self.lock()
         if not self.has_checkpoint():
             return False
-        self.check_compatible(read_meta(self.ckpt_dir))  # before touching the weights
-        meta = load_checkpoint(self.ckpt_dir, self.model, self.optimizer, restore_rng=True)
+        path = find_intact(self.ckpt_dir)  # the newest intact one (a warning names any damaged one skipped)
+        meta = json.loads((path / "meta.json").read_text())
+        self.check_compatible(meta, path)  # before touching the weights
+        meta = load_checkpoint(path, self.model, self.optimizer, restore_rng=True)
         counters = meta.get("counters", {})
         for name, m in self.model.named_modules():
             for attr, value in counters.get(name, {}).items():
                 setattr(m, attr, value)
         self.step = meta["step"]
+        self._saved_at = (self.step, time.monotonic())
         if self.log:
             self.log.truncate_after(self.step)
+        print(f"resuming from step {self.step} ({path})")
         return True
 
     def refuse_existing(self) -> None:
+        self.lock()
         if self.has_checkpoint():
-            raise CheckpointError(f"{self.run_dir} already holds a run; resume it or choose another run_dir")
+            raise RunConflictError(f"{self.run_dir} already holds a run; resume it or choose another run_dir")
 
     # --- one optimizer update, one training step --------------------------------------------------
     def _stop(self, error: type[DivergenceError], what: str) -> DivergenceError:
@@ -273,6 +308,9 @@ class TrainingLoop:
         evaluate() → a record, at step 0 when eval_first (fresh runs only), every eval_every steps and
         at the last step; ``show`` names the record keys on the progress bar."""
         cfg, out = self.cfg, FitLog()
+        self.lock()
+        if self.log and self.step == 0 and not self.has_checkpoint():
+            self.log.truncate_after(-1)  # records of an attempt killed before its first checkpoint
 
         def record(r: dict, logged: bool = True) -> None:
             out.records.append(r)
@@ -285,8 +323,13 @@ class TrainingLoop:
         since_log_s, since_log_tokens = 0.0, 0
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc=cfg.desc, unit="step")
         postfix = {}
+        stop = _StopRequest()
+        self._saved_at = getattr(self, "_saved_at", (self.step, time.monotonic()))
         try:
+            stop.install()
             while self.step < cfg.steps:
+                if stop.requested:
+                    raise self._interrupted(stop.requested)
                 t0 = time.perf_counter()
                 metrics, plan = self.run_step(step_fn)
                 dt = time.perf_counter() - t0
@@ -311,11 +354,51 @@ class TrainingLoop:
                     postfix.update({k: f"{ev[k]:.3g}" for k in show if k in ev})
                     self.model.train()
                 bar.set_postfix(postfix, refresh=False)
-                if self.run_dir and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last):
+                if self.run_dir and (last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or (
+                        cfg.checkpoint_minutes is not None
+                        and time.monotonic() - self._saved_at[1] >= 60 * cfg.checkpoint_minutes)):
                     self.save()
         finally:
+            stop.uninstall()
             bar.close()
+            self.unlock()
         return out
+
+    def _interrupted(self, why: str) -> Interrupted:
+        if self.run_dir is None:
+            return Interrupted(f"{why}: stopped at step {self.step} (no run_dir, nothing saved)")
+        if self._saved_at[0] != self.step:
+            self.save()
+        return Interrupted(f"{why}: saved step {self.step} of {self.cfg.steps} in {self.ckpt_dir}; "
+                           f"run the same command again to resume from step {self.step}")
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM while fit runs: the first asks the loop to stop after the current step (it saves);
+    a second SIGINT raises KeyboardInterrupt at once. Installed only in the main thread."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self.previous: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = "interrupted (Ctrl-C)" if signum == signal.SIGINT else "terminated (SIGTERM)"
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handler)
+            except (ValueError, OSError):
+                pass
+
+    def uninstall(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
 
 class LoopWrapper:

@@ -1,10 +1,28 @@
-"""A JSON-lines metrics log: one object per line, easy to append, to plot and to read back."""
+"""A JSON-lines metrics log: one object per line, easy to append, to plot and to read back.
+
+A process killed mid-append leaves a torn last line; readers skip a line that does not parse, and a
+resumed run rewrites the log without it (``truncate_after``), so the run stays resumable."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+
+
+def _records(text: str) -> list[dict]:
+    """The whole records of a log's text; a torn or garbled line (a kill mid-write) is skipped."""
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
 
 
 class MetricsLog:
@@ -17,13 +35,17 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (a resumed run rewrites them), atomically."""
+        """Keep only the whole records up to ``step`` (a resumed run rewrites the rest; ``step < 0``
+        empties the log), atomically and durably."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", -1) <= step]
+        kept = [] if step < 0 else [r for r in _records(self.path.read_text(errors="replace"))
+                                    if r.get("step", -1) <= step]
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        with open(tmp, "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in kept))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
 
@@ -34,5 +56,4 @@ def read_metrics(path: str | os.PathLike, kind: str | None = None) -> list[dict]
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics log at {path}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if kind is None or r.get("kind") == kind]
+    return [r for r in _records(path.read_text(errors="replace")) if kind is None or r.get("kind") == kind]

@@ -7,7 +7,7 @@
         lr = warm-up, then multi-step (or cosine)    # train/schedule.py
         AdamW(β1=0.9, β2=0.95, weight decay 0.1)     # DeepSeek-LLM §2.3
         every eval_every steps: validation loss and bits per byte
-        every checkpoint_every steps: an atomic checkpoint (train/checkpoint.py)
+        every checkpoint_every steps or checkpoint_minutes: an atomic checkpoint (train/checkpoint.py)
 
 ``Trainer`` only builds the step function (``step_function``: the batch of a step, split into
 ``grad_accum_steps`` micro-batches) and the evaluation; the loop itself — optimizer, clipping, the
@@ -68,13 +68,14 @@ class TrainConfig:
     eval_every: int = 50  # steps between validation passes (0 = only at the end)
     eval_windows: int = 64  # validation windows of seq_len tokens
     log_every: int = 10  # steps between metrics-log records
-    checkpoint_every: int = 0  # steps between checkpoints (0 = only at the end); needs run_dir
+    checkpoint_every: int = 100  # steps between checkpoints (0 = none by count; the end is always saved); needs run_dir
+    checkpoint_minutes: float | None = 10.0  # also save when this long has passed since the last save (None: off)
     keep_checkpoints: int = 2
     device: str = "cpu"
     progress: bool = True  # show a tqdm progress bar
 
     # fields that do not change the numbers a run computes: free to change on resume
-    COSMETIC = ("eval_every", "eval_windows", "log_every", "checkpoint_every", "keep_checkpoints",
+    COSMETIC = ("eval_every", "eval_windows", "log_every", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints",
                 "progress", "device")
 
     def __post_init__(self) -> None:
@@ -96,6 +97,7 @@ class TrainConfig:
         check_number("TrainConfig", "eps", self.eps, 0, above=True)
         check_number("TrainConfig", "grad_clip", self.grad_clip, 0, above=True, none_ok=True)
         check_number("TrainConfig", "max_loss", self.max_loss, 0, above=True, none_ok=True)
+        check_number("TrainConfig", "checkpoint_minutes", self.checkpoint_minutes, 0, above=True, none_ok=True)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
