@@ -7,6 +7,13 @@
 
 ``train`` and ``tour`` can set every ``ModelConfig`` and ``TrainConfig`` field (CONFIGURING, below, is
 also their ``--help`` text); ``build_configs`` turns a parsed command line into the two configs.
+
+Errors. Every user mistake is one line on stderr, ``error: …`` naming the option or field and what is
+allowed, never a traceback (``main``'s one error path, ``_exit_code``): exit status 2 for a usage error
+(a bad flag or value, a missing path, a run directory holding another recipe), 1 for a run that could
+not go on (divergence, a full disk, no intact checkpoint, another process training in --out), 130 for
+Ctrl-C/SIGTERM (the checkpoint is saved and the message says how to resume). ``DSLEARN_TRACEBACK=1``
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .config import (
@@ -67,6 +77,30 @@ class _Given(argparse.Action):
         namespace.given = namespace.given | {self.dest}
 
 
+class UsageError(ValueError):
+    """A command-line value the command cannot use (exit status 2); the message names the option."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line: ``error: <what> (see dslearn … --help)``, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _trainable_presets() -> list[str]:
+    return [name for name in preset_names() if name not in ACCOUNTING_ONLY]
+
+
+def _preset(name: str) -> str:
+    if name in ACCOUNTING_ONLY:
+        raise argparse.ArgumentTypeError(f"preset {name!r} describes a paper-scale model for accounting only; "
+                                         f"train one of {', '.join(_trainable_presets())}")
+    if name not in preset_names():
+        raise argparse.ArgumentTypeError(f"unknown preset {name!r}; choose one of {', '.join(_trainable_presets())}")
+    return name
+
+
 def _train_args(p: argparse.ArgumentParser, overrides: dict) -> None:
     # Imported here, not at the top: `dslearn check` must run, and report, when torch is broken.
     from .train import TrainConfig
@@ -74,8 +108,8 @@ def _train_args(p: argparse.ArgumentParser, overrides: dict) -> None:
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)} | overrides
     p.set_defaults(given=frozenset())
-    p.add_argument("--preset", default=defaults.get("preset", "tiny"), choices=preset_names(),
-                   help="model preset (default: %(default)s)")
+    p.add_argument("--preset", default=defaults.get("preset", "tiny"), type=_preset,
+                   metavar="{" + ",".join(_trainable_presets()) + "}", help="model preset (default: %(default)s)")
     p.add_argument("--config", metavar="FILE.json", help="model and training fields from a JSON file (see above)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any ModelConfig or TrainConfig field; repeatable (see above)")
@@ -84,9 +118,9 @@ def _train_args(p: argparse.ArgumentParser, overrides: dict) -> None:
         p.add_argument(flag, dest=dest, type=kind, default=defaults[dest], action=_Given,
                        choices=SCHEDULES if dest == "schedule" else None, help=f"{text} (default: %(default)s)")
     p.add_argument("--bf16", action=_Given, nargs=0, const=True, default=defaults["bf16"],
-                   help="bf16 autocast (fast on CPUs with AMX/AVX512-BF16)")
+                   help="bf16 autocast (fast on CPUs with AMX/AVX512-BF16; default: off)")
     p.add_argument("--no-progress", dest="progress", action=_Given, nargs=0, const=False,
-                   default=defaults["progress"], help="hide the progress bar")
+                   default=defaults["progress"], help="hide the progress bar (default: shown)")
 
 
 def _resolve_key(key: str, model_keys: set[str], train_keys: set[str]) -> tuple[str, str]:
@@ -174,8 +208,7 @@ def _configs_or_exit(args):
     try:
         return build_configs(args)
     except (ValueError, TypeError) as e:  # ConfigError is a ValueError; TypeError: a value of the wrong type
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UsageError(str(e)) from None
 
 
 def _run_training(args, run_dir: Path | None, resume: bool):
@@ -183,10 +216,13 @@ def _run_training(args, run_dir: Path | None, resume: bool):
     from .model import CausalLM
     from .train import Trainer
 
-    if args.preset in ACCOUNTING_ONLY:
-        raise SystemExit(f"error: preset {args.preset!r} describes a paper-scale model for accounting only; "
-                         f"train 'tiny' or 'small'")
+    _preset(args.preset)  # argparse checked it too; build_parser is not the only way here
+    if run_dir is not None:
+        _check_out(run_dir)
+    if getattr(args, "prompt", "x") == "":  # tour samples at the end: refuse before training, not after
+        raise UsageError("--prompt must not be empty: sampling starts from at least one token")
     cfg, tcfg = _configs_or_exit(args)
+    _check_device(tcfg.device)
     corpus = load_corpus()
     print(corpus.describe())
     model = CausalLM(cfg, seed=tcfg.seed)
@@ -200,6 +236,36 @@ def _run_training(args, run_dir: Path | None, resume: bool):
     return model, tcfg, result, time.perf_counter() - t0
 
 
+def _check_out(run_dir: Path) -> None:
+    if str(run_dir) in ("", "."):
+        raise UsageError("--out must name a run directory (e.g. runs/tiny), got an empty path")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {run_dir} is a file; --out must name a run directory")
+
+
+def _check_device(device: str) -> None:
+    from .devices import resolve_device
+
+    try:
+        resolve_device(device)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"--device: {e}") from None
+
+
+def _check_sampling(args, vocab_size: int = 256) -> None:
+    """The sampling options of ``sample``: one UsageError naming the option and its allowed values."""
+    if not args.prompt:
+        raise UsageError("--prompt must not be empty: sampling starts from at least one token")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be an integer >= 1, got {args.max_new_tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if not 1 <= args.top_k <= vocab_size:
+        raise UsageError(f"--top-k must be an integer in 1..{vocab_size} (the vocabulary), got {args.top_k}")
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be an integer >= 1, got {args.num_samples}")
+
+
 def _sample_text(model, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None, seed: int) -> str:
     import torch
 
@@ -208,9 +274,11 @@ def _sample_text(model, prompt: str, max_new_tokens: int, temperature: float, to
 
     tok = ByteTokenizer()
     ids = tok.encode(prompt)
-    max_new_tokens = min(max_new_tokens, model.config.max_position_embeddings - len(ids))
-    if max_new_tokens < 1:
-        raise SystemExit(f"error: the prompt fills the model's whole context ({model.config.max_position_embeddings})")
+    context = model.config.max_position_embeddings
+    if len(ids) >= context:
+        raise UsageError(f"--prompt is {len(ids)} tokens; the model's context holds {context}, so it must be "
+                         f"at most {context - 1} tokens long")
+    max_new_tokens = min(max_new_tokens, context - len(ids))
     out = generate(model, [ids], max_new_tokens, temperature=temperature, top_k=top_k,
                    generator=torch.Generator().manual_seed(seed))[0]
     return prompt + tok.decode(out.tokens)
@@ -226,13 +294,11 @@ def cmd_check(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import DivergenceError
-
-    try:
-        _, _, result, seconds = _run_training(args, Path(args.out), resume=not args.no_resume)
-    except DivergenceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    _, _, result, seconds = _run_training(args, Path(args.out), resume=not args.no_resume)
+    if not result.losses:  # the run had already finished: nothing trained, no throughput to report
+        print(f"done: the run in {args.out} had already reached step {result.steps_done}; "
+              f"validation {result.final_val_bpb:.3f} bits/byte")
+        return 0
     print(f"done: step {result.steps_done}, validation {result.final_val_bpb:.3f} bits/byte, "
           f"{result.tokens_per_s:,.0f} tokens/s, {seconds:.0f} s. Run directory: {args.out}")
     return 0
@@ -241,6 +307,11 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from .train import load_model_from_checkpoint
 
+    if not Path(args.checkpoint).exists():
+        raise UsageError(f"sample: {args.checkpoint} does not exist (give a run directory written by "
+                         f"`dslearn train --out DIR`, or one of its checkpoints)")
+    _check_sampling(args)
+    _check_device(args.device)
     model = load_model_from_checkpoint(args.checkpoint, device=args.device)
     for i in range(args.num_samples):
         print(_sample_text(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed + i))
@@ -266,7 +337,7 @@ def cmd_tour(args) -> int:
 
 def build_parser(training: bool = True) -> argparse.ArgumentParser:
     """The whole command line; ``training=False`` leaves out train and tour, whose options import torch."""
-    parser = argparse.ArgumentParser(prog="dslearn", description="DeepSeek's ideas in miniature: the course's tools.")
+    parser = _Parser(prog="dslearn", description="DeepSeek's ideas in miniature: the course's tools.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="report on the environment ([OK]/[WARN]/[FAIL])")
     p.set_defaults(func=cmd_check)
@@ -275,30 +346,80 @@ def build_parser(training: bool = True) -> argparse.ArgumentParser:
     described = dict(description=CONFIGURING, formatter_class=argparse.RawDescriptionHelpFormatter)
     p = sub.add_parser("train", help="pretrain a preset model on the embedded corpus", **described)
     _train_args(p, {})
-    p.add_argument("--out", required=True, help="run directory (metrics.jsonl, checkpoints)")
-    p.add_argument("--no-resume", action="store_true", help="refuse to continue a run found in --out")
+    p.add_argument("--out", required=True, help="run directory (metrics.jsonl, checkpoints); running the same "
+                                                "command again resumes the run there")
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue a run found in --out "
+                                                            "(default: resume it)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("sample", help="generate text from a checkpoint")
     p.add_argument("checkpoint", help="a run directory or checkpoint directory")
-    p.add_argument("--prompt", default="def ")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--prompt", default="def ", help="text to continue, not empty (default: %(default)r)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to add, >= 1 (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.8, help="finite, >= 0; 0 = greedy (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest bytes, 1..256 "
+                                                          "(default: %(default)s)")
+    p.add_argument("--num-samples", type=int, default=1, help=">= 1 (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("tour", help="the 1–2 minute end-to-end run: train tiny, report bits/byte, sample",
                        **described)
     _train_args(p, TOUR)
-    p.add_argument("--out", default=None, help="keep the run here (default: not saved)")
-    p.add_argument("--prompt", default="def ")
+    p.add_argument("--out", default=None, help="keep the run here, a new directory (default: not saved)")
+    p.add_argument("--prompt", default="def ", help="text the sample continues (default: %(default)r)")
     p.set_defaults(func=cmd_tour)
     return parser
 
 
+def _exit_code(e: BaseException) -> int | None:
+    """The exit status of a user-facing error (2: usage, 1: the run could not go on); None for a bug."""
+    mods = {name: sys.modules.get(name) for name in ("dslearn.train.checkpoint", "dslearn.train.loop",
+                                                      "dslearn.data.corpus", "dslearn.rl.sandbox")}
+    ckpt, loop, corpus = mods["dslearn.train.checkpoint"], mods["dslearn.train.loop"], mods["dslearn.data.corpus"]
+    if ckpt is not None and isinstance(e, getattr(ckpt, "RunConflictError", ())):
+        return 2
+    if isinstance(e, (ValueError, TypeError)):  # ConfigError, UsageError, a value a function refused
+        return 2
+    if ckpt is not None and isinstance(e, ckpt.CheckpointError):
+        return 1
+    if loop is not None and isinstance(e, loop.DivergenceError):
+        return 1
+    if corpus is not None and isinstance(e, corpus.CorpusError):
+        return 1
+    sandbox = mods["dslearn.rl.sandbox"]
+    if sandbox is not None and isinstance(e, getattr(sandbox, "SandboxUnavailable", ())):
+        return 1
+    if isinstance(e, OSError):
+        return 1
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.filename + ': ' if e.filename else ''}{e.strerror}"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. User errors exit through SystemExit with one ``error: …`` line on stderr (see above)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     # `check` diagnoses a broken install, so its parser must not import torch (train/tour options do).
     args = build_parser(training=argv[:1] != ["check"]).parse_args(argv)
-    return args.func(args)
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        try:
+            return args.func(args)
+        except KeyboardInterrupt as e:  # the loop's Interrupted says where it saved and how to resume
+            print(f"\n{_one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
+            raise SystemExit(130) from None
+        except Exception as e:
+            code = _exit_code(e)
+            if code is None or os.environ.get("DSLEARN_TRACEBACK"):
+                raise
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            raise SystemExit(code) from None

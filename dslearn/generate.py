@@ -15,6 +15,7 @@ top-p (nucleus) filtering, then one multinomial draw per row from ``generator``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,15 +52,24 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k, top_p, generato
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
-def check_generation_args(prompts, max_new_tokens, temperature, top_k, top_p, context):
+def check_generation_args(prompts, max_new_tokens, temperature, top_k, top_p, context, vocab_size=None):
+    if isinstance(prompts, (str, bytes, torch.Tensor)) or not isinstance(prompts, (list, tuple)) or any(
+            not isinstance(p, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+            for p in prompts):
+        raise TypeError(f"prompts must be a list of token-id lists (e.g. [tokenizer.encode(text)]), "
+                        f"got {type(prompts).__name__}"
+                        + (" of " + type(prompts[0]).__name__ if isinstance(prompts, (list, tuple)) and prompts
+                           else ""))
     if not prompts:
         raise ValueError("prompts is empty")
+    if vocab_size is not None and any(not 0 <= t < vocab_size for p in prompts for t in p):
+        raise ValueError(f"prompt token ids must be in [0, {vocab_size}) (the model's vocab_size)")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -90,7 +100,8 @@ def generate(
     stop: token sequences; a row ends as soon as its new tokens end with one of them.
     """
     cfg = model.config
-    check_generation_args(prompts, max_new_tokens, temperature, top_k, top_p, cfg.max_position_embeddings)
+    check_generation_args(prompts, max_new_tokens, temperature, top_k, top_p, cfg.max_position_embeddings,
+                          cfg.vocab_size)
     stops = [list(s) for s in (stop or []) if len(s) > 0]
     device = model.lm_head.weight.device
     B, P = len(prompts), max(len(p) for p in prompts)

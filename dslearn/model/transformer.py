@@ -195,9 +195,16 @@ class CausalLM(nn.Module):
         tokens (left padding only). state: continue a DecodeState (its caches are updated).
         last_only: compute logits for the last position only (generation). return_hidden: also return
         the backbone's output before the final norm in ``ModelOutput.hidden`` (what MTP drafts from)."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be a (batch, seq_len) tensor of token ids, got {shape}; "
+                             f"add a batch dimension with x[None]")
         B, T = input_ids.shape
         if input_ids.dtype != torch.long:
             raise TypeError(f"input_ids must be int64 token ids, got {input_ids.dtype}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(f"input_ids must be in [0, {self.config.vocab_size}) (vocab_size), got ids in "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
         if targets is not None and last_only:
             raise ValueError("targets need logits at every position; do not pass last_only=True")
         inputs = self.prepare(B, T, input_ids.device, attention_mask, state)
