@@ -32,7 +32,7 @@ RANK = {
 # Packages the model is built from: no import inside a function there (optional third-party code excepted).
 MODEL_PATH = ("config", "layers", "fp8", "attention", "moe", "model")
 # Files that are programs, not modules: run by ``python -m`` or inside the code sandbox, never imported.
-SCRIPTS = {"dslearn.__main__", "dslearn.rl._harness", "dslearn.rl._sandbox_boot"}
+SCRIPTS = {"dslearn.__main__", "dslearn.rl._harness"}
 LAZY_ALLOWED = {
     # Triton is optional (Linux wheels only): its kernels load on first use, as a compiled or an interpreted copy
     ("fp8/backend.py", "dslearn.fp8.kernels"),
