@@ -77,7 +77,6 @@ export a model trained with ``capacity_factor`` and transformers runs it as our 
   every group;
 - MoE with ``attention_type="mha"`` — DeepseekV3's attention is MLA only;
 - ``rope_interleave=True`` with ``attention_type="mha"`` — Llama rotates halves;
-- MLA with ``rms_norm_eps ≠ 1e-6`` — HF's q_a/kv_a latent norms use a fixed 1e-6;
 - ``linear_impl="fp8"`` — HF runs these projections in full precision (rebuild with "torch" to export);
 - at ``to_hf`` time: a non-zero ``e_score_correction_bias`` when ``topk_method`` is not "noaux_tc" (our
   router ignores it there, HF's always adds it).
@@ -100,7 +99,6 @@ from .moe.experts import fuse_expert_weights, split_expert_weights
 
 MTP_PREFIX = "mtp."  # our MTP modules: CausalLM.mtp[k] with enorm, hnorm, eh_proj, block, …
 BLOCK_PARTS = ("self_attn.", "mlp.", "input_layernorm.", "post_attention_layernorm.")  # a decoder block's children
-HF_MLA_LATENT_NORM_EPS = 1e-6  # DeepseekV3Attention builds q_a_layernorm / kv_a_layernorm with this eps
 EXPERT_LAYOUTS = ("fused", "per_expert")
 _NOT_COMPARED = {"dslearn", "torch_dtype", "dtype", "architectures"}  # config.json keys config_from_hf may ignore
 
@@ -147,9 +145,7 @@ def _llama_fields(c: ModelConfig) -> dict:
 
 
 def _deepseek_v3_fields(c: ModelConfig) -> dict:
-    if c.rms_norm_eps != HF_MLA_LATENT_NORM_EPS:
-        raise ConfigError(f"rms_norm_eps={c.rms_norm_eps}: DeepseekV3's q_a/kv_a latent norms use a fixed "
-                          f"eps of {HF_MLA_LATENT_NORM_EPS}, so only that value exports exactly")
+    # any rms_norm_eps exports: our latent norms keep 1e-6 like HF's (attention/mla.py, LATENT_NORM_EPS)
     d = dict(model_type="deepseek_v3", architectures=["DeepseekV3ForCausalLM"],
              num_key_value_heads=c.num_attention_heads,  # MLA: every head has its own K and V
              q_lora_rank=c.q_lora_rank, kv_lora_rank=c.kv_lora_rank, qk_nope_head_dim=c.qk_nope_head_dim,
@@ -237,9 +233,6 @@ def config_from_hf(d: dict) -> ModelConfig:
               num_nextn_predict_layers=d.get("num_nextn_predict_layers", d.get("num_mtp_layers", 0)))
     if scaling is not None:
         kw["rope_scaling"] = scaling
-    if kw["rms_norm_eps"] != HF_MLA_LATENT_NORM_EPS:
-        raise ConfigError(f"rms_norm_eps={kw['rms_norm_eps']}: our MLA uses it for the q_a/kv_a latent norms too, "
-                          f"where DeepseekV3 uses {HF_MLA_LATENT_NORM_EPS}")
     first_dense = d.get("first_k_dense_replace") or 0
     if d.get("n_routed_experts") and first_dense < L:
         for key, want in (("scoring_func", "sigmoid"), ("topk_method", "noaux_tc")):

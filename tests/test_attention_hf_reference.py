@@ -59,6 +59,23 @@ def test_attention_module_matches_hf(q_lora_rank, path):
     torch.testing.assert_close(got, expected, **TOL)
 
 
+def test_latent_norms_keep_rmsnorms_default_epsilon_like_hf():
+    """q_a_layernorm/kv_a_layernorm use RMSNorm's default ε = 1e-6 in DeepSeek's and HF's code, whatever
+    rms_norm_eps says (#17 §5): with rms_norm_eps = 0.5 the two attentions still agree."""
+    cfg = ours().replace(rms_norm_eps=0.5)
+    attn = perturbed_model(cfg, seed=3).model.layers[0].self_attn
+    assert attn.q_a_layernorm.eps == attn.kv_a_layernorm.eps == 1e-6
+    ref = DeepseekV3Attention(reference_config(cfg), layer_idx=0).eval()
+    ref.load_state_dict(attn.state_dict(), strict=True)
+    x = torch.randn(1, 20, cfg.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.05  # small: ε matters
+    cos, sin = perturbed_model(cfg, seed=3).rotary(torch.arange(20)[None])
+    causal = torch.full((20, 20), float("-inf")).triu(1)[None, None]
+    with torch.no_grad():
+        expected, _ = ref(x, (torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)), causal)
+        got = attn(x, (cos, sin))
+    torch.testing.assert_close(got, expected, **TOL)
+
+
 @pytest.mark.parametrize("rope_scaling", [None, YARN], ids=["rope", "yarn"])
 @pytest.mark.parametrize("path", ["naive", "absorbed"])
 def test_whole_model_logits_match_hf(rope_scaling, path):

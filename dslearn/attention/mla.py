@@ -47,6 +47,9 @@ from .mha import _check_truncate
 from .yarn import softmax_scale
 
 MLA_PATHS = MLA_IMPLS  # the values of ModelConfig.mla_impl, declared once in config.py
+# ε of the latent norms (q_a_layernorm, kv_a_layernorm): DeepSeek's inference/model.py and HF's DeepseekV3Attention
+# build them with RMSNorm's default 1e-6, not config.rms_norm_eps (equal in every released config)
+LATENT_NORM_EPS = 1e-6
 
 
 class LatentKVCache:
@@ -108,15 +111,15 @@ class MultiHeadLatentAttention(nn.Module):
         self.path = config.mla_impl if path is None else path
         self.window: int | None = None
         self.cache_factory = None
-        d, bias, eps = config.hidden_size, config.attention_bias, config.rms_norm_eps
+        d, bias = config.hidden_size, config.attention_bias
         if self.q_lora_rank is None:
             self.q_proj = linear(d, self.n_heads * self.qk_dim, bias=False)
         else:
             self.q_a_proj = linear(d, self.q_lora_rank, bias=bias)
-            self.q_a_layernorm = RMSNorm(self.q_lora_rank, eps)
+            self.q_a_layernorm = RMSNorm(self.q_lora_rank, LATENT_NORM_EPS)
             self.q_b_proj = linear(self.q_lora_rank, self.n_heads * self.qk_dim, bias=False)
         self.kv_a_proj_with_mqa = linear(d, self.kv_lora_rank + self.rope_head_dim, bias=bias)
-        self.kv_a_layernorm = RMSNorm(self.kv_lora_rank, eps)
+        self.kv_a_layernorm = RMSNorm(self.kv_lora_rank, LATENT_NORM_EPS)
         self.kv_b_proj = linear(self.kv_lora_rank, self.n_heads * (self.nope_dim + self.v_dim), bias=False)
         self.o_proj = linear(self.n_heads * self.v_dim, d, bias=bias)
 
