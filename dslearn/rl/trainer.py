@@ -104,7 +104,8 @@ class RLTask:
 
     prompt(problem) -> token ids; stop: the token sequence that ends a response; score(problems, responses,
     G) -> (rewards (N,), step metrics); evaluate(model, problems, samples, seed, max_new_tokens) -> a record;
-    config: the reward settings, saved with checkpoints (a resume must not change them)."""
+    config: the reward settings, saved with checkpoints (a resume must not change them). With a task,
+    ``GRPOConfig.w_format`` is not used: the task's ``score`` carries its own weights."""
     prompt: Callable[[object], list[int]]
     stop: Sequence[int]
     score: Callable[[list, list[list[int]], int], tuple[torch.Tensor, dict]]
