@@ -10,8 +10,19 @@ import torch.nn.functional as F
 from dslearn.config import ModelConfig
 from dslearn.model import CausalLM
 from dslearn.rl.preference import (
-    Candidate, PreferenceConfig, PreferencePair, bradley_terry_loss, dpo, dpo_loss, pair_batch_indices,
-    preference_pairs, prefer, reward_accuracy, sequence_logps, split_pairs, train_reward_model,
+    Candidate,
+    PreferenceConfig,
+    PreferencePair,
+    bradley_terry_loss,
+    dpo,
+    dpo_loss,
+    pair_batch_indices,
+    prefer,
+    preference_pairs,
+    reward_accuracy,
+    sequence_logps,
+    split_pairs,
+    train_reward_model,
 )
 
 
@@ -101,7 +112,8 @@ def test_dpo_loss_hand_case_and_errors():
 
 def test_bradley_terry_loss():
     loss, m = bradley_terry_loss(torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0]))
-    assert loss.item() == pytest.approx((-F.logsigmoid(torch.tensor(1.0)) - F.logsigmoid(torch.tensor(-1.0))).item() / 2)
+    want = -(F.logsigmoid(torch.tensor(1.0)) + F.logsigmoid(torch.tensor(-1.0))).item() / 2
+    assert loss.item() == pytest.approx(want)
     assert m["accuracy"] == 0.5
 
 
