@@ -212,3 +212,39 @@ def test_config_errors_name_the_field():
         PreferenceConfig(beta=0.0)
     with pytest.raises(ValueError, match="label_smoothing"):
         PreferenceConfig(label_smoothing=0.6)
+
+
+# --- chapter 09's world ---------------------------------------------------------------------------
+def test_carry_columns_and_the_annotated_candidates():
+    from dslearn.rl import world
+    from dslearn.rl.preference import annotated_candidates, carry_columns
+
+    assert carry_columns(world.Problem(95, 17)) == [1]  # 5+7 carries into the tens; 9+1+1 carries out: "put 1"
+    assert carry_columns(world.Problem(999, 1)) == [1, 2]
+    assert len(annotated_candidates(world.Problem(425, 831))) == 1  # the only carry leaves the last column
+    for p in world.problems(20, 3, "da", seed=2):
+        if not carry_columns(p):
+            continue
+        concise, checked, slipped, slipped_more = annotated_candidates(p)
+        parts = [world.reward_parts(p, list(c.response)) for c in (concise, checked, slipped, slipped_more)]
+        assert [r.accuracy for r in parts] == [1.0, 1.0, 0.0, 0.0] == [float(c.correct) for c in
+                                                                        (concise, checked, slipped, slipped_more)]
+        assert all(r.format == 1.0 and r.consistency == 1.0 for r in parts)
+        assert parts[1].checks == len(carry_columns(p)) and parts[0].checks == 0
+        assert len(checked.response) > len(concise.response)
+        pairs = preference_pairs([concise, checked, slipped, slipped_more], max_per_prompt=10)
+        assert PreferencePair(concise.prompt, concise.response, checked.response) in pairs
+        assert all(not any(c.response == x.chosen and not c.correct for c in (slipped, slipped_more)) for x in pairs)
+
+
+def test_sampled_candidates_are_labelled_by_the_checker():
+    from dslearn.rl import world
+    from dslearn.rl.preference import sampled_candidates
+
+    cfg = ModelConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, max_position_embeddings=96)
+    probs = world.problems(2, 2, "en")
+    cands = sampled_candidates(CausalLM(cfg, seed=0), probs, k=3, max_new_tokens=20, seed=1)
+    assert len(cands) == 6 and {c.prompt for c in cands} == {tuple(p.prompt_ids) for p in probs}
+    for i, c in enumerate(cands):
+        assert c.correct == (world.reward_parts(probs[i // 3], list(c.response)).accuracy == 1.0)

@@ -43,7 +43,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import check_int
+from ..generate import generate
 from ..train.loop import LoopConfig, MicroBatch, Step, TrainingLoop
+from .template import STOP
+from .trainer import GRPOTrainer
+from .world import annotate, response, reward_parts
 
 DPO_LOSS_TYPES = ("sigmoid", "robust", "ipo")
 
@@ -363,3 +367,80 @@ def dpo(model, pairs: Sequence[PreferencePair], cfg: PreferenceConfig, run_dir: 
     records = _fit(loop, step_fn, run_eval, cfg, checkpoint_every)
     model.eval()
     return model, records
+
+
+# --- chapter 09's world: annotated and sampled candidates ---------------------------------------------
+def carry_columns(problem) -> list[int]:
+    """Columns of a + b (0 = ones) that receive a carry: where a slip or a self-check can happen."""
+    a, b, c, out = problem.a, problem.b, 0, []
+    col = 0
+    while a or b:
+        if c:
+            out.append(col)
+        c = int(a % 10 + b % 10 + c >= 10)
+        a, b, col = a // 10, b // 10, col + 1
+    return out  # a carry out of the last column is written ("put 1"), not summed: no column to slip
+
+
+def annotated_candidates(problem, seed: int = 0) -> list[Candidate]:
+    """The "labellers'" four responses to a problem of ``dslearn.rl.world`` (the annotator writes them):
+
+        concise     correct, no self-checks
+        checked     correct, every carry column self-checked (longer)
+        slipped     one carry column forgets its carry, unchecked: wrong
+        slipped+    the same slip, every *other* carry column checked: wrong and long
+
+    The rule ranks concise ≻ checked ≻ {slipped, slipped+} (the second only when the checks add ≥ min_gap
+    tokens). The slipped column is drawn by ``seed``. A problem whose only carry leaves the last column has no
+    column to slip or check: it gets the concise response alone (and gives no pair)."""
+    cols = carry_columns(problem)
+    prompt = tuple(problem.prompt_ids)
+    texts = {"concise": (annotate(problem), True)}
+    if cols:
+        slip = random.Random(f"slip-{seed}-{problem.a}-{problem.b}").choice(cols)
+        texts.update({"checked": (annotate(problem, checks=set(cols)), True),
+                      "slipped": (annotate(problem, slips={slip}), False),
+                      "slipped+": (annotate(problem, slips={slip}, checks=set(cols) - {slip}), False)})
+    return [Candidate(prompt, tuple(response(problem, t)), ok) for t, ok in texts.values()]
+
+
+@torch.no_grad()
+def sampled_candidates(model, problems, k: int, max_new_tokens: int = 160, temperature: float = 1.0,
+                       seed: int = 0) -> list[Candidate]:
+    """k sampled responses per problem from ``model``, each labelled by the rule checker (``world.reward_parts``:
+    well-formed and the exact sum)."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [p.prompt_ids for p in problems for _ in range(k)]
+    outs = generate(model, prompts, max_new_tokens, temperature, stop=[STOP], generator=g)
+    return [Candidate(tuple(prompts[i]), tuple(o.tokens), reward_parts(problems[i // k], o.tokens).accuracy == 1.0)
+            for i, o in enumerate(outs) if o.tokens]
+
+
+# --- RL for all scenarios: rule rewards + the reward model in GRPO ------------------------------------
+def with_reward_model(task, rm: RewardModel, w_rm: float = 1.0, w_rule: float = 1.0):
+    """A copy of a GRPO task (``trainer.RLTask``) whose reward is w_rule · (the task's rule reward) + w_rm · r(x, y).
+    Step metrics gain ``rm_score`` (the mean RM score of the samples) and ``rule_reward``; the weights join the
+    task's config, so a resume with other weights is refused. w_rule = 0 is the reward-hacking probe: the
+    policy sees only the learned reward, and the rule metrics (accuracy, …) show what it does to them."""
+    if w_rm < 0 or w_rule < 0 or w_rm == w_rule == 0:
+        raise ValueError(f"w_rm and w_rule must be >= 0 and not both 0, got w_rm={w_rm}, w_rule={w_rule}")
+    rm.eval().requires_grad_(False)
+
+    def score(problems, responses, group_size):
+        rule, metrics = task.score(problems, responses, group_size)
+        prompts = [task.prompt(problems[i // group_size]) for i in range(len(responses))]
+        r = rm.score(prompts, responses)
+        return w_rule * rule + w_rm * r, {**metrics, "rm_score": r.mean().item(), "rule_reward": rule.mean().item()}
+
+    return dataclasses.replace(task, score=score, config={**dict(task.config), "w_rm": w_rm, "w_rule": w_rule})
+
+
+def all_scenario_rl(model, rm: RewardModel, train_problems, eval_problems, cfg, task, w_rm: float = 1.0,
+                    w_rule: float = 1.0, run_dir: str | Path | None = None,
+                    checkpoint_every: int = 0) -> tuple[object, list[dict]]:
+    """R1 §2.3.4 in miniature: GRPO (``cfg``: a ``trainer.GRPOConfig``) from ``model`` on rule rewards (``task``)
+    plus a learned reward model. Returns (model, records) — train records carry ``rm_score`` beside the rule
+    metrics, eval records the task's held-out evaluation."""
+    trainer = GRPOTrainer(model, cfg, train_problems, eval_problems, run_dir=run_dir,
+                          task=with_reward_model(task, rm, w_rm, w_rule))
+    return trainer.model, trainer.fit(checkpoint_every=checkpoint_every)
