@@ -248,3 +248,21 @@ def test_sampled_candidates_are_labelled_by_the_checker():
     assert len(cands) == 6 and {c.prompt for c in cands} == {tuple(p.prompt_ids) for p in probs}
     for i, c in enumerate(cands):
         assert c.correct == (world.reward_parts(probs[i // 3], list(c.response)).accuracy == 1.0)
+
+
+def test_r1_exercises():
+    from dslearn.exercises import check
+    from dslearn.rl.distill import grpo_step_flops
+
+    def mine(pc, pr, rc, rr, beta, eps):
+        d = beta * ((pc - rc) - (pr - rr))
+        return (-(1 - eps) * F.logsigmoid(d) - eps * F.logsigmoid(-d)).mean()
+    assert check("dpo_loss", mine).passed
+    no_smoothing = lambda pc, pr, rc, rr, b, e: -F.logsigmoid(b * ((pc - rc) - (pr - rr))).mean()  # noqa: E731
+    assert check("dpo_loss", no_smoothing).status == "FAIL"
+    assert check("bradley_terry", lambda c, r: -F.logsigmoid(c - r).mean()).passed
+    assert check("bradley_terry", lambda c, r: -F.logsigmoid(r - c).mean()).status == "FAIL"
+    assert check("helpfulness_rule", prefer).passed
+    assert check("helpfulness_rule", lambda a, b, g: len(a.response) < len(b.response)).status == "FAIL"
+    assert check("grpo_flops", grpo_step_flops).passed
+    assert check("grpo_flops", lambda n, p, r, mu, beta: 6 * n * (p + r) * mu).status == "FAIL"
