@@ -74,9 +74,10 @@ def test_annotator_is_right_column_by_column_and_summarises():
 
 def test_slip_is_wrong_and_check_catches_it():
     p = W.Problem(385, 47)
-    assert W.annotate(p, slips={1}) == "5+7=12 put 2 carry 1\n8+4=12 put 2 carry 1\n3+0+1=4 put 4\nso 422"
+    assert W.annotate(p) == "5+7=12 carry\n8+4+1=13 carry\n3+0+1=4\nso 432"
+    assert W.annotate(p, slips={1}) == "5+7=12 carry\n8+4=12 carry\n3+0+1=4\nso 422"
     caught = W.annotate(p, slips={1}, checks={1})
-    assert caught.splitlines()[2] == "check 8+4+1=13 fix put 3 carry 1"
+    assert caught.splitlines()[2] == "check 8+4+1=13 fix"
     assert W.summary_answer(caught) == "432" and W.self_checks(caught) == 1
     assert W.reward_parts(p, W.response(p, W.annotate(p, slips={1}))).accuracy == 0.0
     assert W.annotate(p, checks={0}) == W.annotate(p)  # column 0 has no incoming carry: nothing to check
@@ -86,17 +87,18 @@ def test_slip_is_wrong_and_check_catches_it():
 
 def test_consistency_counts_target_language_words():
     p = W.Problem(9985, 47, "da")
-    mixed = W.annotate(p, switch_at=2)  # two columns in da (2 words each), then 6 words in en
-    assert mixed.splitlines()[1:3] == ["8+4+1=13 SKRIV 3 MENTE 1", "9+0+1=10 put 0 carry 1"]
-    assert W.consistency(mixed, "da") == pytest.approx(4 / 10)
-    assert W.consistency(mixed, "en") == pytest.approx(6 / 10)
+    mixed = W.annotate(p, switch_at=2)  # two columns in da (a word each), then 3 words in en
+    assert mixed.splitlines() == ["5+7=12 MENTE", "8+4+1=13 MENTE", "9+0+1=10 carry", "9+0+1=10 carry", "so 10032"]
+    assert W.consistency(mixed, "da") == pytest.approx(2 / 5)
+    assert W.consistency(mixed, "en") == pytest.approx(3 / 5)
     assert W.consistency("1+2=3", "en") == 0.0
-    assert W.consistency("put Put PUT", "en") == pytest.approx(1 / 3)  # a mixed-case word is in neither
+    assert W.consistency("so So SO", "en") == pytest.approx(1 / 3)  # a mixed-case word is in neither
 
 
 def test_reward_parts_on_malformed_and_wrong():
     p = W.Problem(12, 89)
     assert W.reward_parts(p, [*b"101"]) == W.Rewards(0.0, 0.0, 0.0, 0, 3)
+    assert W.summary_answer(W.annotate(W.Problem(95, 15))) == "110"  # the final carry is in the summary
     assert W.reward_parts(p, T.encode_response("so 101", "101")).accuracy == 1.0
     assert W.reward_parts(p, T.encode_response("so 101", "100+1")).accuracy == 0.0  # the number itself
 

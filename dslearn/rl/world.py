@@ -20,25 +20,25 @@ seen in training in either language.
 worked solution, column by column from the ones, then a one-line summary (R1's cold-start format:
 reasoning, then summary)::
 
-    5+7=12 put 2 carry 1           a column: the digits, the incoming carry (+1), what is written, the carry
-    8+4+1=13 put 3 carry 1
+    5+7=12 carry                   a column: its digits, the incoming carry (+1), the sum; "carry" if ≥ 10
+    8+4+1=13 carry                 (the column writes the sum's last digit)
     check 8+4+1=13 ok              a self-check of a column that took a carry: recompute it with the +1
-    3+0+1=4 put 4
+    3+0+1=4
     so 432                         the summary
 
 **Slips and self-checks.** The typical slip is the one chapter 08 plants: a column forgets its
 incoming carry (``8+4=12``). A **self-check** is a line ``check x+y+1=s ok`` after a column that
 took a carry; when that column slipped, the check catches it and corrects it in place::
 
-    8+4=12 put 2 carry 1
-    check 8+4+1=13 fix put 3 carry 1
+    8+4=12 carry
+    check 8+4+1=13 fix             (the column's sum is now 13: it writes 3)
 
 so a solution that checks its carry columns is right even when it slips — checking (and the length
 it costs) pays off, which is what reinforcement can discover.
 
 **Two languages** with disjoint alphabets, so mixing is measurable: ``en`` writes its words in lower-case
-ASCII (put, carry, check, ok, fix, so), ``da`` — a toy Danish — in capitals (SKRIV, MENTE, TJEK, JA,
-RET, SVAR). The prompt's language is the target language. Digits and symbols belong to neither.
+ASCII (carry, check, ok, fix, so), ``da`` — a toy Danish — in capitals (MENTE, TJEK, JA, RET, SVAR).
+The prompt's language is the target language. Digits and symbols belong to neither.
 ``consistency`` is R1's language-consistency reward: the proportion of the think block's words
 (maximal runs of letters) written in the target language (0 when there is none).
 
@@ -64,9 +64,9 @@ from .template import EOS, encode_prompt, encode_response, parse
 
 LANGUAGES = ("en", "da")
 WORDS = {
-    "en": {"put": "put", "carry": "carry", "check": "check", "ok": "ok", "fix": "fix", "so": "so",
+    "en": {"carry": "carry", "check": "check", "ok": "ok", "fix": "fix", "so": "so",
            "question": "what is {a}+{b}?"},
-    "da": {"put": "SKRIV", "carry": "MENTE", "check": "TJEK", "ok": "JA", "fix": "RET", "so": "SVAR",
+    "da": {"carry": "MENTE", "check": "TJEK", "ok": "JA", "fix": "RET", "so": "SVAR",
            "question": "HVAD ER {a}+{b}?"},
 }
 DIGITS = (2, 5)  # the difficulty range: operands of 2..5 digits
@@ -177,20 +177,14 @@ def annotate(problem: Problem, language: str | None = None, slips=(), checks=(),
         slip = carry == 1 and col in slips
         s = x + y + (0 if slip else carry)
         plus = "+1" if carry and not slip else ""
-        lines.append(f"{x}+{y}{plus}={s} {w['put']} {s % 10}" + (f" {w['carry']} 1" if s >= 10 else ""))
+        lines.append(f"{x}+{y}{plus}={s}" + (f" {w['carry']}" if s >= 10 else ""))
         if carry and col in checks:
-            right = x + y + 1
-            if slip:
-                lines.append(f"{w['check']} {x}+{y}+1={right} {w['fix']} {w['put']} {right % 10}"
-                             + (f" {w['carry']} 1" if right >= 10 else ""))
-                s = right
-            else:
-                lines.append(f"{w['check']} {x}+{y}+1={right} {w['ok']}")
+            lines.append(f"{w['check']} {x}+{y}+1={x + y + 1} {w['fix'] if slip else w['ok']}")
+            s = x + y + 1
         written.append(s % 10)
         carry = int(s >= 10)
     w = WORDS[other if switch_at is not None and n >= switch_at else language]
     if carry:
-        lines.append(f"{w['put']} 1")
         written.append(1)
     total = int("".join(map(str, reversed(written))))
     lines.append(f"{w['so']} {total}")
@@ -282,7 +276,7 @@ def plain_pairs(n: int, seed: int = 0, head: int = 48, tail: int = 96) -> list[t
 
 
 def base_corpus(n_docs: int, levels=(2, 3, 4), slip_rate: dict | None = None, check_rate: float = 0.2,
-                mix_rate: float = 0.2, da_share: float = 0.5, plain_share: float = 0.2, seed: int = 0) -> bytes:
+                mix_rate: float = 0.2, da_share: float = 0.5, plain_share: float = 0.1, seed: int = 0) -> bytes:
     """Pretraining bytes: ``n_docs`` prompts from the training split, each followed by an imperfect worked
     solution, separated by blank lines, interleaved with plain text (about ``plain_share`` of the documents).
 
