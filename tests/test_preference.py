@@ -266,3 +266,41 @@ def test_r1_exercises():
     assert check("helpfulness_rule", lambda a, b, g: len(a.response) < len(b.response)).status == "FAIL"
     assert check("grpo_flops", grpo_step_flops).passed
     assert check("grpo_flops", lambda n, p, r, mu, beta: 6 * n * (p + r) * mu).status == "FAIL"
+
+
+# --- all-scenario RL: rule rewards + the reward model ------------------------------------------------
+def test_reward_model_joins_the_rule_reward_and_the_run_config(tmp_path):
+    from dslearn.rl import recipe, world
+    from dslearn.rl.preference import RewardModel, all_scenario_rl, with_reward_model
+    from dslearn.rl.trainer import GRPOConfig
+    from dslearn.train import CheckpointError
+
+    cfg = ModelConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, max_position_embeddings=192)
+    rm = RewardModel(CausalLM(cfg, seed=1))
+    torch.nn.init.normal_(rm.value_head.weight, std=1.0, generator=torch.Generator().manual_seed(0))
+    task = recipe.r1_task()
+    probs = world.problems(2, 2, "en")
+    responses = [world.response(p, world.annotate(p)) for p in probs] + [[1, 2, 3], [0xFE]]
+    group = [probs[0], probs[1]]
+    rule, _ = task.score(group, responses, 2)
+    r = rm.score([p.prompt_ids for p in (probs[0], probs[0], probs[1], probs[1])], responses)
+    assert r.std() > 0  # the head reads something that differs between responses
+    combined = with_reward_model(task, rm, w_rm=0.5, w_rule=2.0)
+    got, metrics = combined.score(group, responses, 2)
+    torch.testing.assert_close(got, 2.0 * rule + 0.5 * r)
+    assert metrics["rm_score"] == pytest.approx(r.mean().item()) and metrics["rule_reward"] == pytest.approx(
+        rule.mean().item())
+    assert combined.config["w_rm"] == 0.5 and combined.config["lam"] == task.config["lam"]
+    with pytest.raises(ValueError, match="w_rm"):
+        with_reward_model(task, rm, w_rm=0.0, w_rule=0.0)
+
+    gcfg = GRPOConfig(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=12, eval_every=2, eval_samples=1,
+                      progress=False)
+    train, held = world.problems(6, 2, "en"), world.problems(2, 2, "en", split="held_out")
+    _, records = all_scenario_rl(CausalLM(cfg, seed=0), rm, train, held, gcfg, task, w_rm=1.0,
+                                 run_dir=tmp_path / "rl")
+    steps = [x for x in records if x["kind"] == "train"]
+    assert len(steps) == 2 and all("rm_score" in x and "accuracy" in x for x in steps)
+    with pytest.raises(CheckpointError, match="w_rm"):  # the reward weights are part of the run
+        all_scenario_rl(CausalLM(cfg, seed=0), rm, train, held, gcfg, task, w_rm=2.0, run_dir=tmp_path / "rl")
