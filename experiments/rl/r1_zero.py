@@ -92,7 +92,8 @@ def main() -> None:
         results = pool.map(rl_run, [(n, RUNS[n]) for n in names])
     old = json.loads((HERE / "summary.json").read_text()) if args.runs else {"runs": {}}
     summary = {"base": json.loads((HERE / "base_eval.json").read_text()), "rl": RL,
-               "runs": {n: old["runs"][n] for n in RUNS if n in old["runs"] and n not in names}}
+               "runs": {n: {**old["runs"][n], "overrides": RUNS[n]}
+                        for n in RUNS if n in old["runs"] and n not in names}}
     kept = [line for line in (HERE / "runs.jsonl").read_text().splitlines()
             if json.loads(line)["run"] not in names] if args.runs else []
     with open(HERE / "runs.jsonl", "w") as f:
