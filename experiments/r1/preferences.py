@@ -27,9 +27,9 @@ SEEDS = (0, 1, 2)
 FULL = dict(
     pair_problems=40,  # training problems per (difficulty, language) for pairs: 240 prompts
     sampled_k=4,  # policy samples per prompt, labelled by the checker, beside the annotator's four
-    rm=dict(steps=300, batch_size=16, lr=3e-4, eval_every=50),
-    dpo=dict(steps=150, batch_size=16, lr=1e-4, beta=0.1, eval_every=50),
-    rl=dict(steps=30, prompts_per_step=8, group_size=8, max_new_tokens=160, lr=1.5e-4, eval_every=10,
+    rm=dict(steps=150, batch_size=16, lr=3e-4, eval_every=50),
+    dpo=dict(steps=100, batch_size=16, lr=1e-4, beta=0.1, eval_every=50),
+    rl=dict(steps=20, prompts_per_step=8, group_size=8, max_new_tokens=160, lr=1.5e-4, eval_every=10,
             eval_samples=4),
     w_rm=1.0,
     heldout_per_level=10, eval_k=4,
@@ -222,8 +222,28 @@ def stage_table(S, policy: str) -> dict:
     return rows
 
 
+def stage_examples(S, policy: str) -> dict:
+    """The seed-0 RM's scores of the annotator's candidates on a few held-out problems (the notebook's explorer)."""
+    from dslearn.rl.preference import annotated_candidates, carry_columns
+    from dslearn.rl.world import reward_parts
+
+    rm = load_rm(policy)
+    probs = [p for p in heldout(S) if carry_columns(p)][:6]
+    rows = []
+    for p in probs:
+        cands = annotated_candidates(p)
+        scores = rm.score([c.prompt for c in cands], [c.response for c in cands]).tolist()
+        for name, c, r in zip(("concise", "checked", "slipped", "slipped+"), cands, scores):
+            parts = reward_parts(p, list(c.response))
+            rows.append({"question": p.question, "kind": name, "response": list(c.response), "rm": r,
+                         "accuracy": parts.accuracy, "format": parts.format, "consistency": parts.consistency,
+                         "checks": parts.checks, "length": parts.length})
+    write("examples", {"policy": policy, "rows": rows})
+    return {"rows": len(rows)}
+
+
 STAGES = {"policy": stage_policy, "pairs": stage_pairs, "rm": stage_rm, "dpo": stage_dpo, "rl": stage_rl,
-          "table": stage_table}
+          "table": stage_table, "examples": stage_examples}
 
 
 def main() -> None:
