@@ -31,7 +31,7 @@ EVAL = dict(n_per_level=10, k=4)  # held-out problems per (difficulty, language)
 LAMBDA = 0.5  # consistency weight of the "with consistency reward" runs
 SEEDS = (0, 1, 2)
 COLD = dict(n=600, steps=200, lr=5e-4)
-RL = dict(steps=40, prompts_per_step=8, group_size=8, lr=1.5e-4, eval_every=10, eval_samples=4)
+RL = dict(steps=30, prompts_per_step=8, group_size=8, lr=1.5e-4, eval_every=10, eval_samples=4)
 RS = dict(n_per_level=50, n=4, keep=2, n_plain=100, steps=200)  # 300 training problems × 4 samples
 
 
