@@ -4,7 +4,7 @@ language-consistency reward, rejection sampling, and SFT from the base vs the RL
     python experiments/r1/r1_recipe.py base      # pretrain the base (resumes from runs/base if interrupted)
     python experiments/r1/r1_recipe.py cold      # cold-start SFT from the base
     python experiments/r1/r1_recipe.py rl        # reasoning RL from the cold-start model: λ=0 and λ>0, seeds 0-2
-    python experiments/r1/r1_recipe.py zero      # reasoning RL straight from the base (R1-Zero): λ=0 and λ>0
+    python experiments/r1/r1_recipe.py zero      # reasoning RL straight from the base (R1-Zero): λ=0 and λ>0, seed 0
     python experiments/r1/r1_recipe.py rs        # rejection sampling from the RL checkpoint, SFT from the base
     python experiments/r1/r1_recipe.py all
 
@@ -124,13 +124,13 @@ SERIES = ("reward", "accuracy", "format", "consistency", "mixed", "self_check_ra
           "response_len", "zero_variance_share", "accuracy_d2", "accuracy_d3", "accuracy_d4")
 
 
-def stage_rl(starts=("cold_start",)) -> dict:
-    items = [(start, lam, seed) for start in starts for lam in (0.0, LAMBDA) for seed in SEEDS]
+def stage_rl(starts=("cold_start",), seeds=SEEDS) -> dict:
+    items = [(start, lam, seed) for start in starts for lam in (0.0, LAMBDA) for seed in seeds]
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(2) as pool:
         results = pool.map(rl_worker, items, chunksize=1)
     RESULTS.mkdir(exist_ok=True)
-    summary = {"settings": {**RL, "lambda": LAMBDA, "seeds": SEEDS, "eval": EVAL}, "runs": {}}
+    summary = {"settings": {**RL, "lambda": LAMBDA, "seeds": seeds, "eval": EVAL}, "runs": {}}
     with open(RESULTS / f"rl_runs_{'_'.join(starts)}.jsonl", "w") as f:
         for name, records, wall in results:
             for r in records:
@@ -146,8 +146,8 @@ def stage_rl(starts=("cold_start",)) -> dict:
 
 
 def stage_zero() -> dict:
-    """Reasoning RL straight from the base (R1-Zero), with and without the consistency reward."""
-    return stage_rl(("base",))
+    """Reasoning RL straight from the base (R1-Zero), with and without the consistency reward (seed 0 only)."""
+    return stage_rl(("base",), seeds=(0,))
 
 
 def stage_rs() -> dict:

@@ -24,6 +24,10 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
+def present_mean(values: list) -> float:
+    return statistics.mean(v for v in values if v is not None)
+
+
 def main() -> None:
     header = "| checkpoint | " + " | ".join(KEYS) + " | pass@1 d2 | pass@1 d3 | pass@1 d4 |"
     print(header)
@@ -63,13 +67,15 @@ def main() -> None:
                   f"| {m('maj@4', 'eval_end')} | {m('consistency', 'eval_end')} | {m('mixed', 'eval_end')} "
                   f"| {m('self_check_rate', 'eval_end')} | {ser('response_len', 0)} → {ser('response_len', 1)} "
                   f"| {ser('self_check_rate', 0)} → {ser('self_check_rate', 1)} |")
-        print("| runs | train accuracy d2 first 5 → last 5 | d3 | d4 |")
+        print("\n(train accuracy per difficulty: steps 1-10 → steps 21-30; a step holds 8 prompts, so a level can be "
+              "missing from a step and is then skipped)")
+        print("| runs | train accuracy d2 | d3 | d4 |")
         print("|---|---|---|---|")
         for g, rs_ in groups.items():
             cells = []
             for d in (2, 3, 4):
-                first = [statistics.mean(r["series"][f"accuracy_d{d}"][:5]) for r in rs_]
-                last = [statistics.mean(r["series"][f"accuracy_d{d}"][-5:]) for r in rs_]
+                first = [present_mean(r["series"][f"accuracy_d{d}"][:10]) for r in rs_]
+                last = [present_mean(r["series"][f"accuracy_d{d}"][-10:]) for r in rs_]
                 cells.append(f"{mean_sd(first)} → {mean_sd(last)}")
             print(f"| {g} | " + " | ".join(cells) + " |")
 
