@@ -24,6 +24,7 @@ from safetensors.torch import load_model
 HERE = Path(__file__).resolve().parent
 RESULTS, RUNS = HERE / "results", HERE / "runs"
 SEEDS = (0, 1, 2)
+SEEDS_NOW = SEEDS  # --seeds: the DPO seeds of this invocation
 FULL = dict(
     pair_problems=40,  # training problems per (difficulty, language) for pairs: 240 prompts
     sampled_k=4,  # policy samples per prompt, labelled by the checker, beside the annotator's four
@@ -173,12 +174,17 @@ def stage_dpo(S, policy: str) -> dict:
     train, held, _ = load_pairs()
     rm = load_rm(policy)
     out = {"settings": S["dpo"], "policy": policy, "seeds": {}}
-    for seed in SEEDS:
+    for seed in SEEDS_NOW:
         t0 = time.perf_counter()
-        model, records = dpo(load(policy), train, PreferenceConfig(**S["dpo"], seed=seed),
-                             run_dir=RUNS / f"pref_dpo_seed{seed}", eval_pairs=held)
+        run_dir = RUNS / f"pref_dpo_seed{seed}"
+        model, _ = dpo(load(policy), train, PreferenceConfig(**S["dpo"], seed=seed), run_dir=run_dir, eval_pairs=held)
+        # the run's whole log (a finished run resumed here trains no step and returns no record)
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         out["seeds"][seed] = {"records": records, "eval": evaluate(model, S, seed=seed),
                               "rm_score": rm_score_of_samples(rm, model, S, seed), "wall_s": time.perf_counter() - t0}
+    if (RESULTS / "pref_dpo.json").exists():  # other seeds' results, from other invocations (--seeds)
+        kept = {int(k): v for k, v in read("dpo")["seeds"].items() if int(k) not in SEEDS_NOW}
+        out["seeds"] = dict(sorted({**kept, **out["seeds"]}.items()))
     write("dpo", out)
     return {s: v["eval"]["pass@1"] for s, v in out["seeds"].items()}
 
@@ -250,11 +256,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stages", nargs="+", choices=[*STAGES, "all"])
     p.add_argument("--policy", default="cold_start", help="checkpoint directory next to this file")
+    p.add_argument("--seeds", type=int, nargs="+", help="DPO: only these seeds")
     p.add_argument("--base", default="base", help="the base for the policy stage")
     p.add_argument("--smoke", action="store_true", help="tiny settings: checks the script, results are not shipped")
     args = p.parse_args()
     torch.set_num_threads(1)
-    global RESULTS, RUNS
+    global RESULTS, RUNS, SEEDS_NOW
+    SEEDS_NOW = tuple(args.seeds) if args.seeds else SEEDS
     if args.smoke:
         RESULTS, RUNS = RUNS / "smoke" / "results", RUNS / "smoke"
     RUNS.mkdir(parents=True, exist_ok=True)
