@@ -6,7 +6,14 @@ One step (DeepSeekMath Algorithm 1, with π_old = the policy that sampled):
     2. sample G responses each from the current policy with the KV-cached sampler
     3. rewards r = accuracy + w_format · format;  A = group_advantages(r)
     4. log-probs of the sampled tokens under π_old (the sampling policy, frozen) and π_ref (the base model)
-    5. ``inner_steps`` (μ) optimiser steps on grpo_loss (or reinforce_loss) with those fixed samples
+    5. ``inner_steps`` (μ) optimiser steps on grpo_loss with those fixed samples: the first is on-policy
+       (ρ = 1), the later ones off-policy, corrected by the ratio ρ and clipped
+
+``algorithm="reinforce"`` is the on-policy baseline: reinforce_loss (−A_i · mean log π(o_i), the same
+group-standardised A_i, no ratio, no clipping, no KL) with μ = 1 — the only μ at which it is REINFORCE
+(a second update on the same samples would be off-policy with no correction). At μ = 1 and β = 0 its
+gradient equals GRPO's (ρ = 1 and ∇ρ = ∇log π there; the clip is inactive): the comparison with GRPO
+at μ = 2 measures what the second, ratio-corrected and clipped update per batch of samples buys.
 
 Logged per step: reward, accuracy, format rate, response length, KL to the reference, policy entropy,
 clip fraction, share of zero-variance groups, rollout tokens/s, and (MoE policies) the ``moe/*`` balance
@@ -68,7 +75,7 @@ class GRPOConfig:
     eps_high: float | None = None  # None → eps_low (symmetric clipping)
     loss_type: str = "grpo"
     scale_std: bool = True  # divide advantages by the group's std (Dr. GRPO: False)
-    algorithm: str = "grpo"  # "grpo" or "reinforce" (group baseline, no ratio/clip/KL)
+    algorithm: str = "grpo"  # "grpo" or "reinforce" (on-policy, μ = 1: group baseline, no ratio/clip/KL)
     inner_steps: int = 2  # μ: optimiser steps per batch of samples
     w_format: float = 0.1
     grad_clip: float = 1.0
@@ -85,6 +92,9 @@ class GRPOConfig:
         for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "inner_steps", "eval_every",
                      "eval_samples"):
             check_int("GRPOConfig", name, getattr(self, name), 1)
+        if self.algorithm == "reinforce" and self.inner_steps != 1:
+            raise ValueError(f"algorithm='reinforce' is on-policy: inner_steps must be 1, got {self.inner_steps} "
+                             "(later updates on the same samples need GRPO's ratio and clipping)")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2: a group of one has no baseline")
 
