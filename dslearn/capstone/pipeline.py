@@ -160,9 +160,10 @@ def _check_plan(out: Path, plan: dict) -> None:
 
 def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | None = None,
         from_: str | None = None, device: str = "cpu", threads: int | None = None, progress: bool = True,
-        seed: int = 0, echo: Callable[[str], None] = print) -> dict:
+        seed: int = 0, echo: Callable[[str], None] = print, plan: dict | None = None) -> dict:
     """Run the pipeline into ``out``: every stage not yet done, up to ``until``; ``from_`` reruns that stage and
-    all after it. Returns {stage: summary}. Raises CapstoneError (one line) for bad input."""
+    all after it. Returns {stage: summary}. Raises CapstoneError (one line) for bad input. ``plan`` replaces
+    ``make_plan(quick, seed)`` (the tests run a reduced one)."""
     names = stage_names()
     for flag, value in (("--until", until), ("--from", from_)):
         if value is not None and value not in names:
@@ -176,7 +177,7 @@ def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | Non
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CapstoneError(f"--out {out} is a file, not a directory")
-    plan = make_plan(quick, seed)
+    plan = plan or make_plan(quick, seed)
     _check_plan(out, plan)
     ctx = Context(out, plan, device, progress)
     if from_ is not None:
@@ -201,13 +202,18 @@ def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | Non
         echo(f"[{i + 1}/{last + 1}] {stage.name}: {stage.about}")
         elapsed_path = ctx.stage_dir(stage.name) / "elapsed.json"
         before = json.loads(elapsed_path.read_text())["seconds"] if elapsed_path.is_file() else 0.0
+        resumed = before > 0 or (ctx.stage_dir(stage.name) / "checkpoints" / "LATEST").is_file()
+        if resumed:
+            echo(f"    resuming {stage.name} from its checkpoint")
         t0 = time.perf_counter()
         try:
             summary = stage.run(ctx)
         except BaseException:
             _write_json_atomic(elapsed_path, {"seconds": before + time.perf_counter() - t0})
             raise
-        summary = {"wall_s": before + time.perf_counter() - t0, "resumed": before > 0, **summary}
+        # wall_s: this stage's time over every invocation that ended normally or by Ctrl-C (a SIGKILLed
+        # invocation cannot record its time; "resumed" still says the stage continued from a checkpoint)
+        summary = {"wall_s": before + time.perf_counter() - t0, "resumed": resumed, **summary}
         _write_json_atomic(ctx.stage_dir(stage.name) / "summary.json", summary)
         echo(f"    {stage.name} finished in {summary['wall_s']:.0f} s")
         done[stage.name] = summary

@@ -198,9 +198,11 @@ def samples(ctx, model: CausalLM, n_tokens: int) -> dict:
     """Greedy continuations of code prompts, and a fill-in-the-middle prompt (PSM)."""
     prompts = {"def ": list(b"def "), "class ": list(b"class "), "import os\n": list(b"import os\n")}
     fim = fim_prompt("def add(a, b):\n    ", "\n\nprint(add(1, 2))\n")
+    room = model.config.max_position_embeddings
+    n_tokens = min(n_tokens, room - max(map(len, prompts.values())))
     out = {k: bytes(p + t).decode("utf-8", "replace")
            for (k, p), t in zip(prompts.items(), _greedy_ours(model, list(prompts.values()), n_tokens))}
-    t = _greedy_ours(model, [fim], 24)[0]
+    t = _greedy_ours(model, [fim], min(24, room - len(fim)))[0]
     out["FIM: def add(a, b): <hole> print(add(1, 2))"] = bytes(t).decode("utf-8", "replace")
     return out
 
