@@ -29,6 +29,14 @@ over the updates of a step, each key is reduced by
 
 A key missing from some micro-batches is averaged over those that report it.
 
+**Data parallel** (``ddp.py``): under ``torchrun`` each rank runs its share of an update's micro-batches (the
+step function asks ``ddp.my_micro_batches``); after the last one ``update`` sums the gradients and the loss shares
+over the ranks, averages the metrics, and sums the MoE layers' ``step_load`` before the hooks — so N processes
+follow the one-process trajectory. Rank 0 alone writes the metrics log and checkpoints.
+
+**MFU** (``mfu.py``): with ``flops_per_token`` and ``peak_flops`` set (``Trainer(..., log_mfu=True)``), every logged
+record with a throughput also holds ``mfu``.
+
 **Resume.** A run directory holding a checkpoint resumes from it: the wrapper's config (``run_config``,
 e.g. ``{"train_config": {...}}``) must match the checkpoint's except for the ``cosmetic`` fields,
 else ``CheckpointError`` names every differing field; weights, optimizer, torch's RNG state and

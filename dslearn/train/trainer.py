@@ -1,7 +1,8 @@
 """The course's trainer for next-token losses: pretraining and SFT, on the shared loop core (loop.py).
 
     for step in range(steps):
-        x, y = train.batch(step, batch_size, seq_len, seed)   # any Batches: TokenStream, SFTStream
+        x, y = train.batch(step, batch_size, seq_len, seed)   # any Batches: TokenStream, SFTStream, FIMStream;
+                                                     # batch_size ramps up when batch_ramp_* are set (V3 §4.2)
         loss = model(x, y).loss                      # CE (+ MoE balance losses), optionally bf16 autocast
         loss.backward(); clip ‖g‖ to grad_clip       # DeepSeek-LLM: 1.0
         lr = warm-up, then multi-step (or cosine)    # train/schedule.py
