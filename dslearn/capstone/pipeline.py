@@ -115,6 +115,29 @@ def make_plan(quick: bool = False, seed: int = 0) -> dict:
             "report": dict(sample_tokens=48 if quick else 120)}
 
 
+def reduced_plan(seq_len: int = 32, steps: int = 12, long_steps: int = 4, seed: int = 0) -> dict:
+    """The --quick plan shrunk to seconds (the tests and the notebook's live run): the same model and stages at a
+    context of ``seq_len`` (extended ×2 by YaRN), ``steps`` pretraining steps and ``long_steps`` at the long
+    context. Its numbers show that every stage runs, not what the model learns."""
+    plan = make_plan(quick=True, seed=seed)
+    plan["model"] = ModelConfig.from_dict(plan["model"]).replace(
+        max_position_embeddings=seq_len, bias_update_until=round(steps * (1 - V3_GAMMA_ZERO_TOKENS / V3_TOTAL_TOKENS)),
+        mtp_weight_switch_step=round(steps * V3_LAMBDA_SWITCH_TOKENS / V3_TOTAL_TOKENS)).to_dict()
+    plan["pretrain"] |= dict(steps=steps, batch_size=4, seq_len=seq_len, warmup_steps=2, batch_ramp_start=2,
+                             batch_ramp_steps=max(1, steps // 4), eval_every=max(1, steps // 2), eval_windows=4,
+                             log_every=1, checkpoint_every=max(1, steps // 4))
+    lc = plan["long_context"]
+    lc |= dict(context=2 * seq_len, eval_windows=4)
+    lc["rope_scaling"] = lc["rope_scaling"] | dict(factor=2.0, original_max_position_embeddings=seq_len)
+    lc["train"] |= dict(steps=long_steps, batch_size=2, seq_len=2 * seq_len, eval_windows=4, log_every=1,
+                        checkpoint_every=max(1, long_steps // 2))
+    plan["evaluate"] = dict(windows=4, mtp_prompts=1, prompt_bytes=8, mtp_new_tokens=6)
+    plan["export"] |= dict(prompts=3, prompt_bytes=8, new_tokens=6)
+    plan["report"] = dict(sample_tokens=6)
+    plan["reduced"] = True
+    return plan
+
+
 # --- a run --------------------------------------------------------------------------------------------------
 def _write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
