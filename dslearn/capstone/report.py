@@ -11,17 +11,21 @@ import math
 import platform
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only: the report is written by a command, maybe without a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from ..config import ModelConfig
+from ..train import load_model_from_checkpoint
+from . import stages as st
+from .sizing import accounting_table, derivation, fitted_laws, size_for_budget
 
-from ..config import ModelConfig  # noqa: E402
-from ..train import load_model_from_checkpoint  # noqa: E402
-from . import stages as st  # noqa: E402
-from .sizing import accounting_table, derivation, fitted_laws, size_for_budget  # noqa: E402
+
+def _subplots(nrows: int, ncols: int, figsize, **kw):
+    """A figure that is only ever saved to a file: no pyplot, so no GUI backend is chosen or changed (a notebook
+    that writes a report keeps its inline figures)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
 def _smooth(y, n: int = 10):
@@ -33,7 +37,7 @@ def _smooth(y, n: int = 10):
 
 def _fig_losses(ctx, path: Path) -> None:
     names = [s.name for s in ctx.training_stages()]
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    fig, axes = _subplots(1, len(names), (5 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         recs = st.stage_records(ctx, name)
         train = [r for r in recs if r.get("kind") == "train"]
@@ -50,12 +54,11 @@ def _fig_losses(ctx, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _fig_schedule(ctx, path: Path) -> None:
     train = [r for r in st.stage_records(ctx, "pretrain") if r.get("kind") == "train"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
+    fig, axes = _subplots(1, 3, (14, 3.4))
     steps = [r["step"] for r in train]
     axes[0].plot(steps, [r["lr"] for r in train])
     axes[0].set_title("learning rate (V3's shape: warm-up, constant, cosine, tail)")
@@ -73,7 +76,6 @@ def _fig_schedule(ctx, path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _fig_experts(ctx, path: Path) -> None:
@@ -81,7 +83,7 @@ def _fig_experts(ctx, path: Path) -> None:
     cfg = ModelConfig.from_dict(ctx.plan["model"])
     layers = [i for i in range(cfg.num_hidden_layers) if cfg.is_moe_layer(i)]
     E = cfg.n_routed_experts
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+    fig, axes = _subplots(1, 2, (12, 3.6))
     last = train[-1] if train else {}
     load = np.array([[last.get(f"moe/l{i}/expert{j}", math.nan) for j in range(E)] for i in layers])
     im = axes[0].imshow(load, aspect="auto", cmap="viridis")
@@ -100,7 +102,6 @@ def _fig_experts(ctx, path: Path) -> None:
     axes[1].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _pad(y, n: int):
