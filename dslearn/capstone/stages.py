@@ -81,7 +81,8 @@ def val_prompts(corpus, n: int, length: int) -> list[list[int]]:
 
 
 def _trainer(ctx, name: str, model: CausalLM, tcfg: dict, train, val, mfu: bool = False) -> Trainer:
-    cfg = TrainConfig(**tcfg, device=ctx.device, progress=ctx.progress)
+    # on a GPU, bf16 autocast (fp32 master weights), as V3 trains in low precision; on CPU, fp32
+    cfg = TrainConfig(**tcfg, device=ctx.device, progress=ctx.progress, bf16=str(ctx.device).startswith("cuda"))
     trainer = Trainer(model, cfg, train, val, run_dir=ctx.stage_dir(name), log_mfu=mfu)
     trainer.loop.cfg.desc = name  # the progress bar's label
     return trainer
