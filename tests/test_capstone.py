@@ -158,6 +158,7 @@ def whole_run(tmp_path_factory):
 def test_whole_pipeline_writes_every_stage(whole_run):
     out, done = whole_run
     assert list(done) == stage_names()
+    assert all(done[n]["cpu_s"] > 0 and done[n]["wall_s"] > 0 for n in done)
     ex = done["export"]
     assert ex["max_abs_logit_diff"] <= 1e-4 and ex["greedy_equal"] == ex["prompts"]
     rows = json.loads((out / "evaluate" / "table.json").read_text())["rows"]

@@ -224,19 +224,23 @@ def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | Non
             continue
         echo(f"[{i + 1}/{last + 1}] {stage.name}: {stage.about}")
         elapsed_path = ctx.stage_dir(stage.name) / "elapsed.json"
-        before = json.loads(elapsed_path.read_text())["seconds"] if elapsed_path.is_file() else 0.0
+        elapsed = json.loads(elapsed_path.read_text()) if elapsed_path.is_file() else {}
+        before, cpu_before = elapsed.get("seconds", 0.0), elapsed.get("cpu_seconds", 0.0)
         resumed = before > 0 or (ctx.stage_dir(stage.name) / "checkpoints" / "LATEST").is_file()
         if resumed:
             echo(f"    resuming {stage.name} from its checkpoint")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             summary = stage.run(ctx)
         except BaseException:
-            _write_json_atomic(elapsed_path, {"seconds": before + time.perf_counter() - t0})
+            _write_json_atomic(elapsed_path, {"seconds": before + time.perf_counter() - t0,
+                                              "cpu_seconds": cpu_before + time.process_time() - c0})
             raise
         # wall_s: this stage's time over every invocation that ended normally or by Ctrl-C (a SIGKILLed
         # invocation cannot record its time; "resumed" still says the stage continued from a checkpoint)
-        summary = {"wall_s": before + time.perf_counter() - t0, "resumed": resumed, **summary}
+        # cpu_s: this process's CPU time in the stage — on shared cores a steadier guide to the cost than wall_s
+        summary = {"wall_s": before + time.perf_counter() - t0, "cpu_s": cpu_before + time.process_time() - c0,
+                   "resumed": resumed, **summary}
         _write_json_atomic(ctx.stage_dir(stage.name) / "summary.json", summary)
         echo(f"    {stage.name} finished in {summary['wall_s']:.0f} s")
         done[stage.name] = summary

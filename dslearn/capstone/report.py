@@ -140,12 +140,15 @@ def write_report(ctx) -> dict:
     samples = st.samples(ctx, model, plan["report"]["sample_tokens"])
     config = ModelConfig.from_dict(plan["model"])
     walls = [{"stage": n, "wall s": (ctx.summary(n) or {}).get("wall_s", math.nan),
+              "CPU s": (ctx.summary(n) or {}).get("cpu_s", math.nan),
               "resumed": (ctx.summary(n) or {}).get("resumed")} for n in (*[x.name for x in ctx.training_stages()],
                                                                            "evaluate", "export")]
     pre, lc, ex = s["pretrain"], s["long_context"], s["export"]
     md = [f"# Capstone report: mini-v3 ({'quick' if plan['quick'] else 'default'} run)", "",
           f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; {pre.get('corpus', '')}.", "",
-          "## Stages and wall times", "", _table(walls, ["stage", "wall s", "resumed"]), "",
+          "## Stages and wall times", "",
+          "CPU s is this process's CPU time: on cores shared with other jobs, wall time (and the tokens/s and MFU "
+          "below, which use it) overstates the cost.", "", _table(walls, ["stage", "wall s", "CPU s", "resumed"]), "",
           "## The model, sized by chapter 01's laws", "", "```",
           derivation(size_for_budget(plan["budget"], fitted_laws())), "```", "",
           "## Accounting beside DeepSeek-V3", "", "```", accounting_table(config)[1], "```", "",
