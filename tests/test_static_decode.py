@@ -109,6 +109,22 @@ def test_compiled_generation_equals_eager(name):
     assert sd.decode_step(model).compiled  # it ran compiled, no fallback
 
 
+def test_traced_step_reads_the_weights_of_now():
+    """GRPO updates the weights between rollouts: a step compiled before the update must use the new weights
+    (parameters are inputs of the graph, not constants baked into it)."""
+    model = model_for("mha")
+    step = sd.DecodeStep(model, backend="aot_eager")
+    x = torch.tensor([[5], [6]])
+    with torch.no_grad():
+        a = step(x, model.new_decode_state(2, 8, static=True))
+        for p in model.parameters():
+            p.mul_(1.1)
+        b = step(x, model.new_decode_state(2, 8, static=True))
+        ref = model(x, state=model.new_decode_state(2, 8), last_only=True).logits[:, -1]
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(b, ref, rtol=1e-12, atol=1e-12)
+
+
 def test_static_state_bookkeeping():
     model = model_for("gqa")
     dyn, st = model.new_decode_state(2, 16), model.new_decode_state(2, 16, static=True)
