@@ -27,7 +27,12 @@ import torch
 from dslearn.attention.cache_accounting import attention_variants
 from dslearn.config import ModelConfig
 from dslearn.model import CausalLM
-from dslearn.studies.decode import measure_fixed_memory, v2_throughput_accounting
+from dslearn.studies.decode import (
+    attention_cost_per_cached_token,
+    machine_rates,
+    measure_fixed_memory,
+    v2_throughput_accounting,
+)
 
 OUT = Path(__file__).resolve().parents[1] / "experiments" / "attention"
 
@@ -45,9 +50,21 @@ def run(context: int, budget_mib: float, steps: int) -> dict:
     points = measure_fixed_memory(models, context, int(budget_mib * 2**20), steps=steps)
     by = {p.variant: p for p in points}
     mha = by["MHA"]
+    rates = machine_rates()
     rows = []
     for p in points:
+        cfg = models[p.variant].config
+        cost = attention_cost_per_cached_token(cfg)
+        # roofline of the attention over the cache alone: per step, batch·context·layers cached positions, each
+        # costing the larger of (its bytes at the read bandwidth) and (its FLOPs at the bmm rate)
+        per_position = max(cost["bytes"] / rates["read_bytes_per_s"], cost["flops"] / rates["bmm_flops_per_s"])
+        roof_s = p.batch * context * cfg.num_hidden_layers * per_position
         rows.append(p.to_dict() | {
+            "attention_bytes_per_cached_token": cost["bytes"], "attention_flops_per_cached_token": cost["flops"],
+            "flops_per_byte": cost["flops_per_byte"],
+            "bound": "memory" if cost["bytes"] / rates["read_bytes_per_s"] > cost["flops"] / rates["bmm_flops_per_s"]
+            else "compute",
+            "roofline_tokens_per_s": p.batch / roof_s,
             "cache_read_per_token_bytes": p.cache_bytes_per_row,
             "speed_over_mha": p.tokens_per_s / mha.tokens_per_s,
             "batch_over_mha": p.batch / mha.batch,
@@ -55,7 +72,8 @@ def run(context: int, budget_mib: float, steps: int) -> dict:
         })
     return {"context": context, "budget_mib": budget_mib, "steps": steps, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
-            "config": models["MHA"].config.to_dict(), "points": rows, "v2_accounting": v2_throughput_accounting()}
+            "config": models["MHA"].config.to_dict(), "points": rows, "machine": rates,
+            "v2_accounting": v2_throughput_accounting()}
 
 
 def main(argv=None) -> int:
@@ -77,6 +95,16 @@ def main(argv=None) -> int:
     for r in result["points"]:
         print(f"{r['variant']:>13} {r['batch']:>6} {r['cache_bytes_per_row'] / 2**20:>14.2f} {r['tokens_per_s']:>9.0f} "
               f"{r['ms_per_step']:>8.1f} {r['speed_over_mha']:>11.2f}× {r['cache_read_per_token_bytes'] / 1024:>21.0f}")
+    m = result["machine"]
+    ridge = m["bmm_flops_per_s"] / m["read_bytes_per_s"]
+    print(f"\nWhat bounds it: this core reads {m['read_bytes_per_s'] / 1e9:.1f} GB/s and multiplies at "
+          f"{m['bmm_flops_per_s'] / 1e9:.1f} GFLOP/s, so a cached position costing more than {ridge:.1f} FLOPs per "
+          "byte is compute-bound here (on a GPU the ridge is hundreds).")
+    print(f"{'variant':>13} {'bytes/pos':>10} {'FLOPs/pos':>10} {'FLOPs/byte':>11} {'bound':>8} {'roofline tok/s':>15}")
+    for r in result["points"]:
+        print(f"{r['variant']:>13} {r['attention_bytes_per_cached_token']:>10} "
+              f"{r['attention_flops_per_cached_token']:>10} {r['flops_per_byte']:>11.1f} {r['bound']:>8} "
+              f"{r['roofline_tokens_per_s']:>15.0f}")
     a = result["v2_accounting"]
     print(f"\nV2 at full scale (V2 §3.2.3): cache per token 67B {a['bytes_per_token_67b_bf16']:,} B (BF16) vs V2 "
           f"{a['bytes_per_token_v2_bf16']:,} B (BF16, {a['cache_ratio_bf16']:.2f}× less) and "

@@ -179,3 +179,36 @@ def v2_throughput_accounting(kv_bits_v2: float = 6.0) -> dict:
         "activated_params_67b": act67, "activated_params_v2": actv2, "compute_ratio": act67 / actv2,
         "reported_throughput_ratio": 5.76,
     }
+
+
+def attention_cost_per_cached_token(config, bytes_per_element: int = 4) -> dict:
+    """What one generated token's attention costs per cached position and layer: the cache bytes it reads and the
+    FLOPs it does on them. MHA/GQA/MQA: reads 2·n_kv·d_h numbers, does 4·n_h·d_h FLOPs (scores and weighted sum);
+    absorbed MLA: reads d_c + d_h^R numbers, does 2·n_h·(d_c + d_h^R) + 2·n_h·d_c — every head works in the
+    d_c-wide latent space. Their ratio, FLOPs per byte, decides whether a long-context step is bound by memory
+    (a GPU: hundreds of FLOPs per byte of bandwidth) or by arithmetic (one CPU core: a few)."""
+    n_h = config.num_attention_heads
+    if config.attention_type == "mla":
+        d_c, d_r = config.kv_lora_rank, config.qk_rope_head_dim
+        elements, flops = d_c + d_r, 2 * n_h * (d_c + d_r) + 2 * n_h * d_c
+    else:
+        elements, flops = 2 * config.num_key_value_heads * config.head_dim, 4 * n_h * config.head_dim
+    nbytes = elements * bytes_per_element
+    return {"bytes": nbytes, "flops": flops, "flops_per_byte": flops / nbytes}
+
+
+@torch.no_grad()
+def machine_rates(nbytes: int = 256 * 2**20, reps: int = 5) -> dict:
+    """This process's streaming read bandwidth (sum over an ``nbytes`` tensor) and batched-matmul FLOP rate (an
+    absorbed-attention-shaped bmm: 64 × (32×72 @ 72×2048)), medians of ``reps`` — the two roofs of a decode step."""
+    x = torch.ones(nbytes // 4)
+    q, k = torch.randn(64, 32, 72), torch.randn(64, 72, 2048)
+    bw, fl = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        x.sum()
+        bw.append(nbytes / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        torch.bmm(q, k)
+        fl.append(2 * 64 * 32 * 72 * 2048 / (time.perf_counter() - t0))
+    return {"read_bytes_per_s": statistics.median(bw), "bmm_flops_per_s": statistics.median(fl)}
