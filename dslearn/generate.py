@@ -17,9 +17,10 @@ Two ways to run the cached steps (``decode=``), same tokens (tested):
     "eager"     the reference: the model's forward on a growing ``DecodeState``; finished rows leave at once
     "static"    the same forward on a ``StaticDecodeState`` (fixed shapes, ``dslearn.model.static_decode``)
     "compiled"  "static" with the step compiled by torch.compile (eager static step where it is unavailable)
-    "auto"      "compiled" when torch.compile is available and the batch asks for at least
-                ``AUTO_COMPILE_TOKENS`` new tokens (compiling costs seconds; it pays back on long batches),
-                else "eager"
+
+"eager" is the default: compiling a step graph costs tens of seconds per batch shape on a CPU (minutes for a
+GRPO rollout that meets several), which only many calls on one model pay back — ``bench/generate_vs_hf.py`` and
+``bench/rollout_throughput.py`` measure both sides.
 
 On the static paths a finished row stays in the batch (fed padding, its logits ignored) until at most half of
 the rows are alive; then the batch shrinks to the next power of two that holds them, so a whole generation
@@ -34,10 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .model.static_decode import compile_available, decode_step, static_supported
+from .model.static_decode import decode_step
 
-DECODE_PATHS = ("eager", "static", "compiled", "auto")  # generate(decode=...)
-AUTO_COMPILE_TOKENS = 4096  # "auto" compiles when rows × max_new_tokens reaches this
+DECODE_PATHS = ("eager", "static", "compiled")  # generate(decode=...)
 CACHE_BUCKET = 64  # static caches hold a multiple of this many positions
 
 
@@ -107,18 +107,15 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     pad_id: int = 0,
-    decode: str = "auto",
+    decode: str = "eager",
 ) -> list[Generation]:
     """Sample continuations of each prompt (lists of token ids); returns one Generation per prompt.
 
     stop: token sequences; a row ends as soon as its new tokens end with one of them.
-    decode: how the cached steps run — "eager", "static", "compiled" or "auto" (module docstring).
+    decode: how the cached steps run — "eager" (the reference), "static" or "compiled" (module docstring).
     """
     cfg = model.config
     check_generation_args(prompts, max_new_tokens, temperature, top_k, top_p, cfg.max_position_embeddings, decode)
-    if decode == "auto":
-        big = len(prompts) * max_new_tokens >= AUTO_COMPILE_TOKENS
-        decode = "compiled" if big and compile_available() and static_supported(model) else "eager"
     if use_cache and decode in ("static", "compiled"):
         return _generate_static(model, prompts, max_new_tokens, temperature, top_k, top_p, stop, generator,
                                 pad_id, compile=decode == "compiled")

@@ -74,8 +74,9 @@ class DecodeStep:
         self._model = weakref.ref(model)  # the cache of steps is keyed by the model: hold it weakly
         self.compiled = bool(compile) and compile_available()
         options = COMPILE_OPTIONS if backend == "inductor" else None
+        # one graph per batch and cache shape (generate keeps them few: powers of two, cache lengths in buckets)
         self._fn = (torch.compile(_forward_last, backend=backend, dynamic=False, options=options,
-                                  isolate_recompiles=True) if self.compiled else _forward_last)
+                                  isolate_recompiles=True, recompile_limit=64) if self.compiled else _forward_last)
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, state) -> torch.Tensor:
