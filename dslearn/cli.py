@@ -1,6 +1,7 @@
-"""The ``dslearn`` command line: ``check``, ``train``, ``sample`` and ``tour``.
+"""The ``dslearn`` command line: ``check``, ``train``, ``sample``, ``tour`` and ``capstone``.
 
     python -m dslearn tour                      # the 1–2 minute end-to-end run
+    dslearn capstone --quick                    # chapter 10: a miniature V3 through every stage (≤ 3 minutes)
     dslearn train --preset tiny --steps 300 --out runs/tiny
     dslearn train --preset tiny --set num_hidden_layers=2 --set lr=3e-3 --out runs/two-layers
     dslearn sample runs/tiny --prompt "def "
@@ -335,6 +336,25 @@ def cmd_tour(args) -> int:
     return 0
 
 
+def cmd_capstone(args) -> int:
+    from .capstone import CapstoneError, describe_plan, make_plan, run
+
+    out = args.out or ("runs/capstone-quick" if args.quick else "runs/capstone")
+    try:
+        print(describe_plan(make_plan(args.quick, args.seed)) + "\n")
+        run(out, quick=args.quick, until=args.until, from_=args.from_, device=args.device, threads=args.threads,
+            progress=not args.no_progress, seed=args.seed)
+    except CapstoneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; run the same command to resume from the last checkpoint in {out}", file=sys.stderr)
+        return 130
+    if args.until is None or args.until == "report":
+        print(f"report: {Path(out) / 'report.md'}")
+    return 0
+
+
 def build_parser(training: bool = True) -> argparse.ArgumentParser:
     """The whole command line; ``training=False`` leaves out train and tour, whose options import torch."""
     parser = _Parser(prog="dslearn", description="DeepSeek's ideas in miniature: the course's tools.")
@@ -368,6 +388,22 @@ def build_parser(training: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="keep the run here, a new directory (default: not saved)")
     p.add_argument("--prompt", default="def ", help="text the sample continues (default: %(default)r)")
     p.set_defaults(func=cmd_tour)
+    p = sub.add_parser("capstone", help="chapter 10: train a miniature DeepSeek-V3 stage by stage (resumable)",
+                       description="Pretrain → long context (YaRN) → evaluate → export (checked by transformers) → "
+                                   "report. Interrupt at any time; the same command resumes at the same stage and "
+                                   "step.")
+    p.add_argument("--out", default=None, help="run directory (default: runs/capstone, or runs/capstone-quick)")
+    p.add_argument("--quick", action="store_true", help="a reduced run (≤ 3 minutes on 2 cores)")
+    p.add_argument("--until", metavar="STAGE", help="stop after STAGE")
+    p.add_argument("--from", dest="from_", metavar="STAGE",
+                   help="rerun STAGE and every stage after it (earlier stages must be done)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default: %(default)s; a model this small runs as fast on one, and steadier "
+                        "on shared cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=cmd_capstone)
     return parser
 
 

@@ -377,6 +377,20 @@ _PRESETS: dict[str, dict[str, Any]] = {
         vocab_size=256, hidden_size=256, intermediate_size=688, num_hidden_layers=6,
         num_attention_heads=8, max_position_embeddings=512,
     ),
+    # The capstone's model (chapter 10): DeepSeek-V3's every choice at the width chapter 01's fitted laws give the
+    # default run's budget (dslearn/capstone/sizing.py prints the derivation; a test holds this dict to it).
+    # MLA (naive to train; absorbed to decode, via model.with_config), DeepSeekMoE with V3's sigmoid gate,
+    # node-limited noaux_tc routing (4 groups, top-2), the aux-loss-free bias γ (its end, bias_update_until, and
+    # λ's switch step are set per run from its length) and the sequence-wise loss α, one dense layer first, MTP D=1.
+    "mini-v3": dict(
+        vocab_size=256, hidden_size=32, intermediate_size=88, num_hidden_layers=4, num_attention_heads=2,
+        max_position_embeddings=128, attention_type="mla", q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16,
+        qk_rope_head_dim=16, v_head_dim=16, rope_interleave=True, mla_impl="naive", n_routed_experts=8,
+        n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=16, first_k_dense_replace=1, n_group=4,
+        topk_group=2, routed_scaling_factor=2.5, scoring_func="sigmoid", norm_topk_prob=True, topk_method="noaux_tc",
+        bias_update_speed=0.001, seq_aux_loss_alpha=0.0001, num_nextn_predict_layers=1, mtp_loss_weight=0.3,
+        mtp_loss_weight_final=0.1,
+    ),
     "deepseek-llm-7b": dict(  # DeepSeek-LLM Table 2
         vocab_size=102400, hidden_size=4096, intermediate_size=11008, num_hidden_layers=30,
         num_attention_heads=32, max_position_embeddings=4096,

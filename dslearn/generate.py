@@ -11,6 +11,22 @@ with very different lengths costs only what its live rows need.
 
 Sampling: ``temperature=0`` is greedy; otherwise logits/temperature, then optional top-k and
 top-p (nucleus) filtering, then one multinomial draw per row from ``generator``.
+
+Two ways to run the cached steps (``decode=``), same tokens (tested):
+
+    "eager"     the reference: the model's forward on a growing ``DecodeState``; finished rows leave at once
+    "static"    the same forward on a ``StaticDecodeState`` (fixed shapes, ``dslearn.model.static_decode``)
+    "compiled"  "static" with the step compiled by torch.compile (eager static step where it is unavailable)
+
+"eager" is the default: compiling a step graph costs tens of seconds per batch shape on a CPU (minutes for a
+GRPO rollout that meets several), which only many calls on one model pay back — ``bench/generate_vs_hf.py`` and
+``bench/rollout_throughput.py`` measure both sides.
+
+On the static paths a finished row stays in the batch (fed padding, its logits ignored) until at most half of
+the rows are alive; then the batch shrinks to the next power of two that holds them, so a whole generation
+compiles at most log2(B) + 1 step shapes. The cache length is rounded up to a multiple of ``CACHE_BUCKET``
+for the same reason. Sampling reads only the live rows' logits, in row order, so the random draws are the
+eager path's, draw for draw.
 """
 
 from __future__ import annotations
@@ -19,6 +35,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from .model.static_decode import decode_step
+
+DECODE_PATHS = ("eager", "static", "compiled")  # generate(decode=...)
+CACHE_BUCKET = 64  # static caches hold a multiple of this many positions
 
 
 @dataclass
@@ -52,7 +73,10 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k, top_p, generato
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
-def check_generation_args(prompts, max_new_tokens, temperature, top_k, top_p, context, vocab_size=None):
+def check_generation_args(prompts, max_new_tokens, temperature, top_k, top_p, context, vocab_size=None,
+                          decode="eager"):
+    if decode not in DECODE_PATHS:
+        raise ValueError(f"decode must be one of {DECODE_PATHS}, got {decode!r}")
     if isinstance(prompts, (str, bytes, torch.Tensor)) or not isinstance(prompts, (list, tuple)) or any(
             not isinstance(p, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in p)
             for p in prompts):
@@ -94,14 +118,19 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     pad_id: int = 0,
+    decode: str = "eager",
 ) -> list[Generation]:
     """Sample continuations of each prompt (lists of token ids); returns one Generation per prompt.
 
     stop: token sequences; a row ends as soon as its new tokens end with one of them.
+    decode: how the cached steps run — "eager" (the reference), "static" or "compiled" (module docstring).
     """
     cfg = model.config
     check_generation_args(prompts, max_new_tokens, temperature, top_k, top_p, cfg.max_position_embeddings,
-                          cfg.vocab_size)
+                          cfg.vocab_size, decode)
+    if use_cache and decode in ("static", "compiled"):
+        return _generate_static(model, prompts, max_new_tokens, temperature, top_k, top_p, stop, generator,
+                                pad_id, compile=decode == "compiled")
     stops = [list(s) for s in (stop or []) if len(s) > 0]
     device = model.lm_head.weight.device
     B, P = len(prompts), max(len(p) for p in prompts)
@@ -145,6 +174,68 @@ def generate(
                 logits = model(nxt[:, None], state=state, last_only=True).logits[:, -1]
             else:
                 logits = model(ids, attention_mask=mask, last_only=True).logits[:, -1]
+    finally:
+        model.train(was_training)
+    return [Generation(list(p), t, r) for p, t, r in zip(prompts, out_tokens, reasons)]
+
+
+def _stopped(tokens: list[int], stops: list[list[int]]) -> bool:
+    return any(tokens[-len(s):] == s for s in stops)
+
+
+@torch.no_grad()
+def _generate_static(model, prompts, max_new_tokens, temperature, top_k, top_p, stop, generator, pad_id,
+                     compile: bool) -> list[Generation]:
+    """generate()'s cached loop on a StaticDecodeState, each step one ``DecodeStep`` call."""
+    stops = [list(s) for s in (stop or []) if len(s) > 0]
+    device = model.lm_head.weight.device
+    B, P = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, P), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(B, P, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p):] = True
+    max_len = -(-(P + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
+    step_fn = decode_step(model, compile)
+    was_training = model.training
+    model.eval()
+    out_tokens: list[list[int]] = [[] for _ in range(B)]
+    reasons = ["length"] * B
+    rows = list(range(B))  # original row index of each row of the state (finished ones included)
+    live = list(range(B))  # positions in `rows` of the live rows, ascending (= original row order)
+    state = model.new_decode_state(B, max_len, static=True)
+    try:
+        # 1. prefill, eagerly (its shape changes with the prompts); the steps after it are compiled
+        logits = model(ids, attention_mask=mask, state=state, last_only=True).logits[:, -1]  # (B, V)
+        feed = torch.full((B, 1), pad_id, dtype=torch.long, device=device)  # finished rows are fed padding
+        for step in range(max_new_tokens):
+            live_t = torch.tensor(live, device=device)
+            nxt = sample_next(logits[live_t], temperature, top_k, top_p, generator)  # (B_live,): eager's draws
+            still, picked = [], []  # positions of the rows that go on, and their index in nxt
+            for k, (j, tok) in enumerate(zip(live, nxt.tolist())):
+                row = rows[j]
+                out_tokens[row].append(tok)
+                if _stopped(out_tokens[row], stops):
+                    reasons[row] = "stop"
+                else:
+                    still.append(j)
+                    picked.append(k)
+            if step == max_new_tokens - 1 or not still:
+                break
+            feed.fill_(pad_id)
+            feed[torch.tensor(still, device=device), 0] = nxt[torch.tensor(picked, device=device)]
+            # 2. shrink the batch to the next power of two once at most half of it is alive
+            if len(still) <= len(rows) // 2:
+                size = 1 << (len(still) - 1).bit_length()
+                alive = set(still)
+                dead = [j for j in range(len(rows)) if j not in alive][:size - len(still)]
+                order = torch.tensor(still + dead, device=device)
+                state.select(order)
+                feed = feed[order]
+                rows = [rows[j] for j in still + dead]
+                still = list(range(len(still)))
+            live = still
+            logits = step_fn(feed, state)  # (B_state, V)
     finally:
         model.train(was_training)
     return [Generation(list(p), t, r) for p, t, r in zip(prompts, out_tokens, reasons)]

@@ -27,7 +27,7 @@ RANK = {
     "model": 4,
     "generate": 5, "train": 5, "parallel": 5, "export": 5,
     "rl": 6, "plot": 6, "speculative": 6,
-    "studies": 7, "exercises": 7, "envcheck": 7, "cli": 8, "__main__": 9, "__init__": 9,
+    "studies": 7, "capstone": 7, "exercises": 7, "envcheck": 7, "cli": 8, "__main__": 9, "__init__": 9,
 }
 # Packages the model is built from: no import inside a function there (optional third-party code excepted).
 MODEL_PATH = ("config", "layers", "fp8", "attention", "moe", "model")

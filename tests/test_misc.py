@@ -91,12 +91,13 @@ def _runs(command: list[str], *program: str) -> bool:
 
 
 def test_readme_opens_with_install_and_main_job_then_install_and_test_suite():
-    """What a newcomer copies first: command 1 installs the package and runs the tour, command 2 installs it
-    with the extra that provides pytest/nbval and runs the test suite; that suite covers tests and notebooks."""
+    """What a newcomer copies first: command 1 installs the package and runs the main job (the capstone),
+    command 2 installs it with the extra that provides pytest/nbval and runs the test suite; that suite covers
+    tests and notebooks."""
     (install, *_, run), (install_dev, *_, test) = _readme_commands()[:2]
     assert install[:2] == install_dev[:2] == ["pip", "install"]
     assert _local_extras(install) is not None, install
-    assert _runs(run, "dslearn", "tour"), run
+    assert _runs(run, "dslearn", "capstone"), run
     assert "dev" in (_local_extras(install_dev) or set()), install_dev
     dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
     assert {re.match(r"[\w-]+", r).group() for r in dev} >= {"pytest", "nbval"}

@@ -75,6 +75,38 @@ def test_trainer_refuses_leaks_and_bad_configs():
         GRPOConfig(group_size=1)
     with pytest.raises(ValueError, match="loss_type"):
         GRPOConfig(loss_type="ppo")
+    with pytest.raises(ValueError, match="inner_steps must be 1"):
+        GRPOConfig(algorithm="reinforce", inner_steps=2)
+
+
+def test_on_policy_reinforce_takes_grpo_s_first_update(monkeypatch):
+    """At μ = 1 and β = 0, GRPO's ratio is 1 and its clip inactive: the update equals REINFORCE's with the same
+    advantages — so the shipped comparison (GRPO μ = 2 vs REINFORCE μ = 1) isolates the later, clipped updates."""
+    good, bad = [60, 116], [33, 33, 33]
+    monkeypatch.setattr("dslearn.rl.trainer.sample", lambda m, probs, G, *a, **k: [good, bad, bad, good] * len(probs))
+    monkeypatch.setattr("dslearn.rl.trainer.score",
+                        lambda probs, resp, G: (torch.tensor([float(r == good) for r in resp]), torch.zeros(len(resp))))
+    train, held = carry_problems("train")[:4], carry_problems("held_out")[:2]
+    models = {}
+    for algorithm in ("grpo", "reinforce"):
+        cfg = GRPOConfig(prompts_per_step=2, group_size=4, lr=1e-2, inner_steps=1, algorithm=algorithm, progress=False)
+        trainer = GRPOTrainer(CausalLM(CFG, seed=0), cfg, train, held)
+        trainer.train_step()
+        models[algorithm] = trainer.model
+    moved = 0.0
+    for (name, p), q in zip(models["grpo"].named_parameters(), models["reinforce"].parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+        moved = max(moved, (p - CausalLM(CFG, seed=0).get_parameter(name)).abs().max().item())
+    assert moved > 1e-3  # the step did move the weights
+
+
+def test_load_base_reads_the_shipped_base(tmp_path):
+    from dslearn.rl.base_model import SHIPPED_BASE, base_config, load_base
+
+    assert ModelConfig.from_dict(json.loads((SHIPPED_BASE / "config.json").read_text())) == base_config()
+    assert load_base().num_parameters() == CausalLM(base_config()).num_parameters()
+    with pytest.raises(FileNotFoundError, match="r1_zero.py"):
+        load_base(tmp_path)
 
 
 def test_grpo_run_checkpoints_and_resumes_exactly(tmp_path):
@@ -108,13 +140,9 @@ def test_rl_exercises():
 
 def test_grpo_from_the_shipped_base_model_raises_held_out_accuracy():
     """A tiny real run: six GRPO steps from experiments/rl/base lift greedy accuracy on held-out problems."""
-    from pathlib import Path
+    from dslearn.rl.base_model import load_base
 
-    from safetensors.torch import load_model
-
-    base = Path(__file__).resolve().parents[1] / "experiments" / "rl" / "base"
-    model = CausalLM(ModelConfig.from_dict(json.loads((base / "config.json").read_text())))
-    load_model(model, str(base / "model.safetensors"))
+    model = load_base()
     cfg = GRPOConfig(steps=6, prompts_per_step=12, group_size=8, lr=1.5e-4, eval_every=6, eval_samples=1,
                      progress=False)
     records = GRPOTrainer(model, cfg, carry_problems("train"), carry_problems("held_out")[:40]).fit()

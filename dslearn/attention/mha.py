@@ -63,6 +63,18 @@ class KVCache:
         return 2 * self.k[:, :, :n].numel() * self.k.element_size()
 
 
+class StaticKVCache(KVCache):
+    """The same buffers, written and read with static shapes (``dslearn.model.static_decode``): ``start`` may be a
+    0-d tensor, the chunk is written with ``index_copy_`` at [start, start+T), and the WHOLE buffer is returned —
+    the attention mask hides the positions not yet written — so one compiled decode step serves every position."""
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, start) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = start + torch.arange(k.shape[2], device=k.device)  # (T,) absolute positions
+        self.k.index_copy_(2, idx, k)
+        self.v.index_copy_(2, idx, v)
+        return self.k, self.v  # (B, n_kv, max_len, d_h)
+
+
 def _check_truncate(length: int, max_len: int) -> None:
     if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= max_len:
         raise ValueError(f"truncate length must be an integer in [0, {max_len}], got {length!r}")
@@ -88,8 +100,10 @@ class MultiHeadAttention(nn.Module):
     def rope_dim(self) -> int:
         return self.head_dim
 
-    def new_cache(self, batch: int, max_len: int, dtype=torch.float32, device=None) -> KVCache:
-        return KVCache(batch, self.n_kv, max_len, self.head_dim, dtype, device)
+    def new_cache(self, batch: int, max_len: int, dtype=torch.float32, device=None, static: bool = False) -> KVCache:
+        """static=True: a ``StaticKVCache`` (fixed shapes for a compiled decode step)."""
+        cls = StaticKVCache if static else KVCache
+        return cls(batch, self.n_kv, max_len, self.head_dim, dtype, device)
 
     def forward(self, x, rope, attn_mask=None, cache: KVCache | None = None, start: int = 0):
         """x (B, T, d); rope = (cos, sin) each (B, T, d_h/2); attn_mask (B, 1, T, start+T) bool or

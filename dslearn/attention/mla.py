@@ -86,6 +86,16 @@ class LatentKVCache:
         return self.kv[:, :n].numel() * self.kv.element_size()
 
 
+class StaticLatentKVCache(LatentKVCache):
+    """The same buffer with static shapes (``dslearn.model.static_decode``): ``start`` may be a 0-d tensor, the
+    chunk is written with ``index_copy_`` and the WHOLE buffer is returned (the mask hides unwritten positions)."""
+
+    def update(self, latent: torch.Tensor, start) -> tuple[torch.Tensor, int]:
+        idx = start + torch.arange(latent.shape[1], device=latent.device)  # (T,) absolute positions
+        self.kv.index_copy_(1, idx, latent)
+        return self.kv, 0  # (B, max_len, d_c+d_h^R)
+
+
 class MultiHeadLatentAttention(nn.Module):
     """MLA with decoupled RoPE; ``path`` chooses the naive (re-expanding) or absorbed computation
     (``ModelConfig.mla_impl`` unless given; the weights are the same, so a model rebuilt with the other
@@ -137,10 +147,15 @@ class MultiHeadLatentAttention(nn.Module):
     def rope_dim(self) -> int:
         return self.rope_head_dim
 
-    def new_cache(self, batch: int, max_len: int, dtype=torch.float32, device=None):
+    def new_cache(self, batch: int, max_len: int, dtype=torch.float32, device=None, static: bool = False):
+        """static=True: a ``StaticLatentKVCache`` (fixed shapes for a compiled decode step)."""
         if self.cache_factory is not None:  # injected by the adaptive-cache experiment
+            if static:
+                raise ValueError("the adaptive-cache experiment's evicting caches have no static-shape version; "
+                                 "decode this model with the eager path")
             return self.cache_factory(batch, max_len, dtype, device)
-        return LatentKVCache(batch, max_len, self.kv_lora_rank, self.rope_head_dim, dtype, device)
+        cls = StaticLatentKVCache if static else LatentKVCache
+        return cls(batch, max_len, self.kv_lora_rank, self.rope_head_dim, dtype, device)
 
     # ------------------------------------------------------------------------------------
     def forward(self, x, rope, attn_mask=None, cache=None, start: int = 0):
@@ -175,8 +190,8 @@ class MultiHeadLatentAttention(nn.Module):
         """(B|1, 1, T, S) bool, or None for plain causal attention over keys [0, T)."""
         if attn_mask is None and self.window is None and start == 0 and key_start == 0 and S == T:
             return None
-        q_abs = torch.arange(start, start + T, device=device)[:, None]  # (T, 1)
-        k_abs = torch.arange(key_start, key_start + S, device=device)[None, :]  # (1, S)
+        q_abs = start + torch.arange(T, device=device)[:, None]  # (T, 1); start may be a 0-d tensor (static decode)
+        k_abs = key_start + torch.arange(S, device=device)[None, :]  # (1, S)
         mask = k_abs <= q_abs  # (T, S) causal
         if self.window is not None:
             mask = mask & (k_abs >= q_abs - self.window)  # the experiment: only `window` earlier tokens
@@ -216,7 +231,8 @@ class MultiHeadLatentAttention(nn.Module):
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        p = scores.float().softmax(-1).to(q.dtype)  # (B, n_h, T, S)
+        p = scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(-1).to(q.dtype)  # (B, n_h, T, S)
+        #   (at least fp32: a float64 model keeps float64 here)
         o_lat = torch.bmm(p.view(B, H * T, S), latent[..., :self.kv_lora_rank]).view(B, H, T, -1)  # (B, n_h, T, d_c)
         y = torch.einsum("bhtc,hvc->bthv", o_lat, w_uv)  # (B, T, n_h, d_h^v): W^UV applied after attention
         return y.reshape(B, T, H * self.v_dim)  # (B, T, n_h·d_h^v)

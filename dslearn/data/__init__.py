@@ -2,8 +2,10 @@
 
 from .batches import Batches, EvalBatches, TokenStream
 from .corpus import Corpus, CorpusError, default_root, load_corpus
+from .fim import FIM_TOKENS, FIMStream, fim_prompt, psm
 from .sft import SFTStream
 from .tokenizer import ByteTokenizer, bits_per_byte
 
-__all__ = ["Batches", "ByteTokenizer", "Corpus", "CorpusError", "EvalBatches", "SFTStream", "TokenStream",
+__all__ = ["FIM_TOKENS", "Batches", "ByteTokenizer", "Corpus", "CorpusError", "EvalBatches", "FIMStream", "SFTStream",
+           "TokenStream", "fim_prompt", "psm",
            "bits_per_byte", "default_root", "load_corpus"]

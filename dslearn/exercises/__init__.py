@@ -4,7 +4,7 @@ Chapters register their exercises in their own module here (``baseline`` for not
 importing this package registers them all.
 """
 
-from . import baseline, fp8, mla, moe, mtp, parallel, rl, scaling  # noqa: F401  (register the chapters' exercises)
+from . import baseline, fp8, mla, moe, mtp, parallel, r1, rl, scaling  # noqa: F401  (register the chapters' exercises)
 from .core import Result, check, exercise, list_exercises
 
 __all__ = ["Result", "check", "exercise", "list_exercises"]

@@ -13,6 +13,8 @@ class DecodeState:
     """Everything incremental decoding carries between steps: per-layer caches, which cached
     positions hold real tokens, how many positions are filled, and each row's next position."""
 
+    static = False  # True for StaticDecodeState
+
     def __init__(self, caches: list, batch: int, max_len: int, device=None):
         self.caches = caches
         self.key_valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
@@ -22,6 +24,20 @@ class DecodeState:
     @property
     def max_len(self) -> int:
         return self.key_valid.shape[1]
+
+    @property
+    def offset(self):
+        """Where the next chunk is written: the filled length (an int here; a 0-d tensor in StaticDecodeState)."""
+        return self.length
+
+    def mark(self, valid: torch.Tensor) -> torch.Tensor:
+        """Record the real-token mask ``valid`` (B, T) of the chunk about to be written at ``offset``; return the
+        mask of every key it attends over (B, offset+T)."""
+        start, T = self.length, valid.shape[1]
+        if start + T > self.max_len:
+            raise ValueError(f"decode state holds {self.max_len} positions; {start + T} needed")
+        self.key_valid[:, start:start + T] = valid
+        return self.key_valid[:, :start + T]
 
     def advance(self, start: int, valid: torch.Tensor) -> None:
         """Record that a chunk written at ``start`` with real-token mask ``valid`` (B, T) has been processed."""
@@ -51,3 +67,42 @@ class DecodeState:
 
     def nbytes(self) -> int:
         return sum(c.nbytes(self.length) for c in self.caches)
+
+
+class StaticDecodeState(DecodeState):
+    """A DecodeState whose every tensor keeps its shape from step to step, so that one compiled decode step
+    (``dslearn.model.static_decode``) serves every position: the write offset is a 0-d tensor ``position``
+    (not a Python int a compiled graph would specialise on), the caches are the static ones (``StaticKVCache``,
+    ``StaticLatentKVCache``: written with ``index_copy_``, read whole), and attention reads all ``max_len``
+    positions with ``key_valid`` hiding those not written yet. Advancing mutates the tensors in place.
+
+    ``length`` reads the position back to Python (a host sync): for bookkeeping between steps, never inside one."""
+
+    static = True
+
+    def __init__(self, caches: list, batch: int, max_len: int, device=None):
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        super().__init__(caches, batch, max_len, device)
+
+    @property
+    def length(self) -> int:
+        return int(self.position)
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self.position.fill_(value)
+
+    @property
+    def offset(self) -> torch.Tensor:
+        return self.position
+
+    def mark(self, valid: torch.Tensor) -> torch.Tensor:
+        """As DecodeState.mark, with static shapes: returns the whole (B, max_len) key mask. Room is checked by
+        the caller between steps (``static_decode``), since reading the position here would end a compiled graph."""
+        idx = self.position + torch.arange(valid.shape[1], device=valid.device)  # (T,)
+        self.key_valid.index_copy_(1, idx, valid)
+        return self.key_valid
+
+    def advance(self, start, valid: torch.Tensor) -> None:
+        self.position.add_(valid.shape[1])
+        self.next_pos.add_(valid.long().sum(1))

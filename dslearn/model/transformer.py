@@ -41,7 +41,7 @@ from ..layers import RMSNorm, cross_entropy
 from .block import DecoderLayer
 from .mtp import MultiTokenPrediction
 from .parts import Parts, choose_parts
-from .state import DecodeState
+from .state import DecodeState, StaticDecodeState
 
 
 @dataclass
@@ -123,17 +123,20 @@ class CausalLM(nn.Module):
         return n
 
     # ------------------------------------------------------------------------------------
-    def new_decode_state(self, batch: int, max_len: int, dtype=None, device=None) -> DecodeState:
+    def new_decode_state(self, batch: int, max_len: int, dtype=None, device=None, static: bool = False) -> DecodeState:
+        """Empty caches for ``batch`` rows of up to ``max_len`` positions; ``static=True`` gives a
+        ``StaticDecodeState`` (fixed shapes, what ``model.static_decode`` compiles a step over)."""
         p = self.lm_head.weight
         dtype, device = dtype or p.dtype, device or p.device
-        caches = [layer.self_attn.new_cache(batch, max_len, dtype, device) for layer in self.model.layers]
-        return DecodeState(caches, batch, max_len, device)
+        caches = [layer.self_attn.new_cache(batch, max_len, dtype, device, static=static)
+                  for layer in self.model.layers]
+        return (StaticDecodeState if static else DecodeState)(caches, batch, max_len, device)
 
     # ------------------------------------------------------------------------------------
     def prepare(self, B: int, T: int, device, attention_mask: torch.Tensor | None = None,
                 state: DecodeState | None = None) -> Inputs:
         """1. Positions (RoPE tables), the attention mask and the cache offset for a (B, T) chunk."""
-        start = state.length if state is not None else 0
+        start = state.offset if state is not None else 0  # an int, or a 0-d tensor for a StaticDecodeState
         if state is None and T > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence of {T} tokens exceeds max_position_embeddings={self.config.max_position_embeddings}"
@@ -144,10 +147,7 @@ class CausalLM(nn.Module):
         valid = (torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None
                  else attention_mask.to(torch.bool))
         if state is not None:
-            if start + T > state.max_len:
-                raise ValueError(f"decode state holds {state.max_len} positions; {start + T} needed")
-            state.key_valid[:, start:start + T] = valid
-            key_valid = state.key_valid[:, :start + T]  # (B, Tk)
+            key_valid = state.mark(valid)  # (B, Tk): the keys this chunk attends over
             base = state.next_pos
         else:
             key_valid, base = valid, torch.zeros(B, dtype=torch.long, device=device)
@@ -243,7 +243,7 @@ def _padded_causal_mask(key_valid: torch.Tensor, start: int, T: int) -> torch.Te
     """(B, 1, T, start+T) bool: query i (absolute start+i) sees key j if j ≤ start+i and key j is a
     real token. A query always sees itself, so rows of pure padding never softmax over nothing."""
     Tk = key_valid.shape[1]
-    q_abs = torch.arange(start, start + T, device=key_valid.device)[:, None]  # (T, 1)
+    q_abs = start + torch.arange(T, device=key_valid.device)[:, None]  # (T, 1); start may be a 0-d tensor
     k_idx = torch.arange(Tk, device=key_valid.device)[None, :]  # (1, Tk)
     mask = (k_idx <= q_abs) & key_valid[:, None, :]  # (B, T, Tk)
     mask |= k_idx == q_abs

@@ -17,15 +17,43 @@ sharpening a skill that is already in the base distribution, not creating one.
 
 Problems are all two-digit additions with a carry, split by ``tasks.is_held_out`` (the prompt hash):
 held-out prompts never appear in pretraining.
+
+The shipped base (``experiments/rl/r1_zero.py`` pretrains it: ``BASE_STEPS`` steps, ``SLIP_RATE``) has the
+architecture ``base_config()``; ``load_base()`` reads it for chapter 08's notebook and scripts and chapter 09.
 """
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+from safetensors.torch import load_model
+
+from ..config import ModelConfig
+from ..model import CausalLM
 from .tasks import Problem
 
 PROMPT_TEMPLATE = "{question}\n"
+BASE_STEPS, SLIP_RATE = 900, 0.7  # the shipped base's pretraining recipe
+N_EVAL = 100  # held-out problems chapter 08's evaluations use: carry_problems("held_out")[:N_EVAL]
+SHIPPED_BASE = Path(__file__).resolve().parents[2] / "experiments" / "rl" / "base"
+
+
+def base_config() -> ModelConfig:
+    """The base model: 4 dense layers, d = 128, byte vocabulary, 128 positions (0.87M parameters)."""
+    return ModelConfig(vocab_size=256, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+                       num_attention_heads=4, max_position_embeddings=128)
+
+
+def load_base(directory: str | Path | None = None) -> CausalLM:
+    """The pretrained base from ``directory`` (default: the shipped ``experiments/rl/base``)."""
+    path = Path(directory) if directory is not None else SHIPPED_BASE
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"no base model at {weights}; run python experiments/rl/r1_zero.py to pretrain it")
+    model = CausalLM(base_config())
+    load_model(model, str(weights))
+    return model
 
 
 def needs_carry(problem: Problem) -> bool:

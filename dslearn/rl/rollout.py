@@ -19,10 +19,12 @@ def prompt_ids(problem: Problem) -> list[int]:
 
 
 def sample(model, problems: list[Problem], group_size: int, max_new_tokens: int = 64, temperature: float = 1.0,
-           generator: torch.Generator | None = None) -> list[list[int]]:
-    """G responses per problem (token ids, ending at </answer> when the model stops there), in group order."""
+           generator: torch.Generator | None = None, decode: str = "eager") -> list[list[int]]:
+    """G responses per problem (token ids, ending at </answer> when the model stops there), in group order.
+    ``decode``: generate()'s path ("compiled" for the compiled static step: bench/rollout_throughput.py)."""
     prompts = [prompt_ids(p) for p in problems for _ in range(group_size)]
-    outs = generate(model, prompts, max_new_tokens, temperature=temperature, stop=[STOP], generator=generator)
+    outs = generate(model, prompts, max_new_tokens, temperature=temperature, stop=[STOP], generator=generator,
+                    decode=decode)
     return [o.tokens for o in outs]
 
 

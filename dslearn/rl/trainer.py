@@ -6,7 +6,14 @@ One step (DeepSeekMath Algorithm 1, with π_old = the policy that sampled):
     2. sample G responses each from the current policy with the KV-cached sampler
     3. rewards r = accuracy + w_format · format;  A = group_advantages(r)
     4. log-probs of the sampled tokens under π_old (the sampling policy, frozen) and π_ref (the base model)
-    5. ``inner_steps`` (μ) optimiser steps on grpo_loss (or reinforce_loss) with those fixed samples
+    5. ``inner_steps`` (μ) optimiser steps on grpo_loss with those fixed samples: the first is on-policy
+       (ρ = 1), the later ones off-policy, corrected by the ratio ρ and clipped
+
+``algorithm="reinforce"`` is the on-policy baseline: reinforce_loss (−A_i · mean log π(o_i), the same
+group-standardised A_i, no ratio, no clipping, no KL) with μ = 1 — the only μ at which it is REINFORCE
+(a second update on the same samples would be off-policy with no correction). At μ = 1 and β = 0 its
+gradient equals GRPO's (ρ = 1 and ∇ρ = ∇log π there; the clip is inactive): the comparison with GRPO
+at μ = 2 measures what the second, ratio-corrected and clipped update per batch of samples buys.
 
 Logged per step: reward, accuracy, format rate, response length, KL to the reference, policy entropy,
 clip fraction, share of zero-variance groups, rollout tokens/s, and (MoE policies) the ``moe/*`` balance
@@ -21,6 +28,14 @@ s depend only on (seed, s) and the weights), and the same ``CheckpointError`` fo
 that holds an incompatible run. The inner loss is the GRPO (or REINFORCE) loss plus the model's
 ``aux_loss`` (MoE balance losses), so an MoE policy keeps its balance objective.
 
+**Pluggable task** (chapter 09). By default the trainer runs chapter 08's task: prompts from
+``rollout.prompt_ids``, sampling stopped at ``</answer>``, reward ``accuracy + w_format · format`` and
+``rollout.pass_at_k`` on the held-out problems. ``GRPOTrainer(..., task=...)`` swaps all four for an
+``RLTask`` (e.g. ``recipe.R1Task``: the chat template's prompt, EOS as the stop token, accuracy + format
++ λ · language consistency, and ``evaluate.evaluate``); the task's ``config`` (its reward weights) is
+saved with the checkpoints and must match on resume. Without a task the trainer computes exactly what
+it did before (chapter 08's tests hold it).
+
 Metrics of the μ inner steps are averaged (``loss``, ``kl``, ``clip_fraction``, ``moe/*``: see
 ``dslearn.train.loop`` for the reduction rules).
 """
@@ -32,13 +47,15 @@ import dataclasses
 import json
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..config import check_int
+from ..generate import generate
 from ..train.loop import LoopConfig, LoopWrapper, MicroBatch, Step, TrainingLoop
 from .grpo import LOSS_TYPES, group_advantages, grpo_loss, reinforce_loss
 from .rollout import pass_at_k, prompt_ids, sample, score
@@ -58,7 +75,7 @@ class GRPOConfig:
     eps_high: float | None = None  # None → eps_low (symmetric clipping)
     loss_type: str = "grpo"
     scale_std: bool = True  # divide advantages by the group's std (Dr. GRPO: False)
-    algorithm: str = "grpo"  # "grpo" or "reinforce" (group baseline, no ratio/clip/KL)
+    algorithm: str = "grpo"  # "grpo" or "reinforce" (on-policy, μ = 1: group baseline, no ratio/clip/KL)
     inner_steps: int = 2  # μ: optimiser steps per batch of samples
     w_format: float = 0.1
     grad_clip: float = 1.0
@@ -75,6 +92,9 @@ class GRPOConfig:
         for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "inner_steps", "eval_every",
                      "eval_samples"):
             check_int("GRPOConfig", name, getattr(self, name), 1)
+        if self.algorithm == "reinforce" and self.inner_steps != 1:
+            raise ValueError(f"algorithm='reinforce' is on-policy: inner_steps must be 1, got {self.inner_steps} "
+                             "(later updates on the same samples need GRPO's ratio and clipping)")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2: a group of one has no baseline")
 
@@ -88,10 +108,26 @@ class GRPOConfig:
                           progress=self.progress, desc="GRPO")
 
 
-def completion_batch(problems: list[Problem], responses: list[list[int]], group_size: int):
+@dataclass
+class RLTask:
+    """What GRPO needs to know about a task besides its problems (the default: chapter 08's).
+
+    prompt(problem) -> token ids; stop: the token sequence that ends a response; score(problems, responses,
+    G) -> (rewards (N,), step metrics); evaluate(model, problems, samples, seed, max_new_tokens) -> a record;
+    config: the reward settings, saved with checkpoints (a resume must not change them). With a task,
+    ``GRPOConfig.w_format`` is not used: the task's ``score`` carries its own weights."""
+    prompt: Callable[[object], list[int]]
+    stop: Sequence[int]
+    score: Callable[[list, list[list[int]], int], tuple[torch.Tensor, dict]]
+    evaluate: Callable[..., dict]
+    config: dict = field(default_factory=dict)
+
+
+def completion_batch(problems: list[Problem], responses: list[list[int]], group_size: int,
+                     prompt: Callable[[Problem], list[int]] = prompt_ids):
     """Prompt + response sequences, right-padded: ids (B, L), valid (B, L) bool, and the mask (B, L−1) of
     the positions whose next token is a response token."""
-    seqs = [prompt_ids(problems[i // group_size]) + r for i, r in enumerate(responses)]
+    seqs = [prompt(problems[i // group_size]) + r for i, r in enumerate(responses)]
     B, L = len(seqs), max(len(s) for s in seqs)
     ids = torch.zeros(B, L, dtype=torch.long)
     valid = torch.zeros(B, L, dtype=torch.bool)
@@ -124,24 +160,31 @@ def completion_logps(model, problems: list[Problem], responses: list[list[int]],
 
 class GRPOTrainer(LoopWrapper):
     def __init__(self, model, cfg: GRPOConfig, train_problems: list[Problem], eval_problems: list[Problem],
-                 run_dir: str | Path | None = None):
+                 run_dir: str | Path | None = None, task: RLTask | None = None):
         if not train_problems or not eval_problems:
             raise ValueError("GRPOTrainer needs training and held-out problems")
         overlap = {p.question for p in train_problems} & {p.question for p in eval_problems}
         if overlap:
             raise ValueError(f"{len(overlap)} held-out problem(s) also appear in training, e.g. {sorted(overlap)[0]!r}")
-        self.cfg = cfg
+        self.cfg, self.task = cfg, task
         self.train_problems, self.eval_problems = train_problems, eval_problems
         # π_ref is the model as given, before any resume: the base policy
         self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta != 0.0 else None
-        self.loop = TrainingLoop(model, cfg.loop_config(), run_dir, {"grpo_config": dataclasses.asdict(cfg)},
-                                 cosmetic=GRPOConfig.COSMETIC)
+        run_config = {"grpo_config": dataclasses.asdict(cfg)}
+        if task is not None:
+            run_config["task_config"] = dict(task.config)
+        self.loop = TrainingLoop(model, cfg.loop_config(), run_dir, run_config, cosmetic=GRPOConfig.COSMETIC)
         self.model, self.optimizer = self.loop.model, self.loop.optimizer
         self.run_dir, self.log = self.loop.run_dir, self.loop.log
 
     # ------------------------------------------------------------------------------------
     def evaluate(self) -> dict:
         was = self.model.training
+        if self.task is not None:
+            out = self.task.evaluate(self.model, self.eval_problems, self.cfg.eval_samples, seed=10_000 + self.step,
+                                     max_new_tokens=self.cfg.max_new_tokens)
+            self.model.train(was)
+            return {"step": self.step, **out}
         out = pass_at_k(self.model, self.eval_problems, self.cfg.eval_samples, seed=10_000 + self.step,
                         max_new_tokens=self.cfg.max_new_tokens)
         self.model.train(was)
@@ -158,14 +201,23 @@ class GRPOTrainer(LoopWrapper):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         self.model.eval()
         with torch.no_grad():
-            responses = sample(self.model, problems, G, cfg.max_new_tokens, cfg.temperature, gen)
+            if self.task is None:
+                responses = sample(self.model, problems, G, cfg.max_new_tokens, cfg.temperature, gen)
+            else:
+                prompts = [self.task.prompt(p) for p in problems for _ in range(G)]
+                responses = [o.tokens for o in generate(self.model, prompts, cfg.max_new_tokens, cfg.temperature,
+                                                        stop=[list(self.task.stop)], generator=gen)]
         rollout_s = time.perf_counter() - t0
         # 3. rewards and group advantages
-        acc, fmt = score(problems, responses, G)
-        rewards = acc + cfg.w_format * fmt
+        if self.task is None:
+            acc, fmt = score(problems, responses, G)
+            rewards = acc + cfg.w_format * fmt
+            reward_metrics = {"accuracy": acc.mean().item(), "format": fmt.mean().item()}
+        else:
+            rewards, reward_metrics = self.task.score(problems, responses, G)
         stats = group_advantages(rewards, G, scale_std=cfg.scale_std)
         # 4. old and reference log-probs, fixed for the inner steps (eval mode: no balance losses, no load counted)
-        ids, valid, mask = completion_batch(problems, responses, G)
+        ids, valid, mask = completion_batch(problems, responses, G, self.task.prompt if self.task else prompt_ids)
         with torch.no_grad():
             old_logp, entropy = token_logps(self.model(ids, attention_mask=valid).logits, ids, with_entropy=True)
             ref_logp = token_logps(self.ref(ids, attention_mask=valid).logits, ids)[0] if self.ref is not None else None
@@ -178,7 +230,7 @@ class GRPOTrainer(LoopWrapper):
 
         n_tokens = sum(len(r) for r in responses)
         return Step(updates(), metrics={
-            "reward": rewards.mean().item(), "accuracy": acc.mean().item(), "format": fmt.mean().item(),
+            "reward": rewards.mean().item(), **reward_metrics,
             "response_len": n_tokens / len(responses),
             "entropy": float((entropy * mask).sum() / mask.sum().clamp(min=1)),
             "zero_variance_share": stats.zero_variance_groups / stats.n_groups,

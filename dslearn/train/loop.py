@@ -29,6 +29,14 @@ over the updates of a step, each key is reduced by
 
 A key missing from some micro-batches is averaged over those that report it.
 
+**Data parallel** (``ddp.py``): under ``torchrun`` each rank runs its share of an update's micro-batches (the
+step function asks ``ddp.my_micro_batches``); after the last one ``update`` sums the gradients and the loss shares
+over the ranks, averages the metrics, and sums the MoE layers' ``step_load`` before the hooks — so N processes
+follow the one-process trajectory. Rank 0 alone writes the metrics log and checkpoints.
+
+**MFU** (``mfu.py``): with ``flops_per_token`` and ``peak_flops`` set (``Trainer(..., log_mfu=True)``), every logged
+record with a throughput also holds ``mfu``.
+
 **Resume.** A run directory holding a checkpoint resumes from it: the wrapper's config (``run_config``,
 e.g. ``{"train_config": {...}}``) must match the checkpoint's except for the ``cosmetic`` fields,
 else ``CheckpointError`` names every differing field; weights, optimizer, torch's RNG state and
@@ -60,8 +68,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..devices import resolve_device
+from . import ddp
 from .checkpoint import RunConflictError, RunLock, find_intact, load_checkpoint, save_checkpoint
 from .metrics import MetricsLog
+from .mfu import mfu
 from .schedule import SCHEDULES, lr_at
 
 SUMMED_METRICS = frozenset({"moe/dropped"})  # counts: summed over micro-batches and updates, not averaged
@@ -173,7 +183,11 @@ class TrainingLoop:
         self.cosmetic = frozenset(cosmetic)
         self.step = 0  # training steps done (a GRPO step holds μ optimizer updates)
         self.hooks = [m for m in self.model.modules() if callable(getattr(m, "after_optimizer_step", None))]
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir else None
+        # data parallel (train/ddp.py): rank 0 writes the log and the checkpoints; all ranks read them to resume
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir and ddp.is_main() else None
+        # MFU (train/mfu.py): set both to log "mfu" beside tokens_per_s
+        self.flops_per_token: float | None = None  # model FLOPs per trained token
+        self.peak_flops: float | None = None  # the matmul peak measured in this process
 
     # --- checkpoints -----------------------------------------------------------------------
     @property
@@ -188,8 +202,9 @@ class TrainingLoop:
         return find_intact(self.ckpt_dir)
 
     def lock(self) -> None:
-        """Take the run directory's lock (CheckpointError if another process trains there)."""
-        if self.run_dir is not None:
+        """Take the run directory's lock (CheckpointError if another process trains there). Under data
+        parallelism rank 0, the one that writes, holds it for all ranks."""
+        if self.run_dir is not None and ddp.is_main():
             if not hasattr(self, "_lock"):
                 self._lock = RunLock(self.run_dir)
             self._lock.acquire()
@@ -210,8 +225,12 @@ class TrainingLoop:
         self.lock()
         meta = {**self.run_config, "counters": self._counters()}
         self._saved_at = (self.step, time.monotonic())
-        return save_checkpoint(self.ckpt_dir, self.model, self.optimizer, self.step, meta,
-                               keep=self.cfg.keep_checkpoints)
+        path = self.ckpt_dir / f"step_{self.step:06d}"
+        if ddp.is_main():
+            path = save_checkpoint(self.ckpt_dir, self.model, self.optimizer, self.step, meta,
+                                   keep=self.cfg.keep_checkpoints)
+        ddp.barrier()
+        return path
 
     def check_compatible(self, meta: dict, where: Path | None = None) -> None:
         """CheckpointError naming every field where the checkpoint's run config differs from this run's."""
@@ -274,6 +293,15 @@ class TrainingLoop:
             loss.backward()
             loss_sum += value
             rows.append(metrics)
+        if ddp.rank_world()[1] > 1:  # data parallel: sum gradients and loss shares, average metrics over ranks
+            ddp.all_reduce_grads([p for p in self.model.parameters() if p.requires_grad])
+            keys = sorted({k for row in rows for k in row})
+            sums = [sum(float(r[k]) for r in rows if k in r) for k in keys]
+            counts = [float(sum(k in r for r in rows)) for k in keys]
+            total = ddp.all_reduce_sum([loss_sum, *sums, *counts])
+            loss_sum, sums, counts = total[0], total[1:1 + len(keys)], total[1 + len(keys):]
+            rows = [{k: s if k in SUMMED_METRICS else s / max(c, 1) for k, s, c in zip(keys, sums, counts)}]
+            ddp.sync_buffers(self.model)
         if self.cfg.max_loss is not None and loss_sum > self.cfg.max_loss:
             raise self._stop(DivergenceError, f"loss {loss_sum:.4g} exceeded max_loss={self.cfg.max_loss:g}")
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -343,6 +371,8 @@ class TrainingLoop:
                 logged = self.step % cfg.log_every == 0 or last
                 if logged and plan.tokens is not None:
                     rec["tokens_per_s"] = since_log_tokens / since_log_s
+                    if self.flops_per_token and self.peak_flops:
+                        rec["mfu"] = mfu(self.flops_per_token, rec["tokens_per_s"], self.peak_flops)
                 if logged:
                     since_log_s, since_log_tokens = 0.0, 0
                 record(rec, logged)
@@ -354,9 +384,11 @@ class TrainingLoop:
                     postfix.update({k: f"{ev[k]:.3g}" for k in show if k in ev})
                     self.model.train()
                 bar.set_postfix(postfix, refresh=False)
-                if self.run_dir and (last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or (
-                        cfg.checkpoint_minutes is not None
-                        and time.monotonic() - self._saved_at[1] >= 60 * cfg.checkpoint_minutes)):
+                due = (cfg.checkpoint_minutes is not None
+                       and time.monotonic() - self._saved_at[1] >= 60 * cfg.checkpoint_minutes)
+                if ddp.rank_world()[1] > 1:  # every rank must take the same decision: save() ends in a barrier
+                    due = ddp.all_reduce_sum([float(due)])[0] > 0
+                if self.run_dir and (last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or due):
                     self.save()
         finally:
             stop.uninstall()

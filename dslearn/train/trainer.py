@@ -1,7 +1,8 @@
 """The course's trainer for next-token losses: pretraining and SFT, on the shared loop core (loop.py).
 
     for step in range(steps):
-        x, y = train.batch(step, batch_size, seq_len, seed)   # any Batches: TokenStream, SFTStream
+        x, y = train.batch(step, batch_size, seq_len, seed)   # any Batches: TokenStream, SFTStream, FIMStream;
+                                                     # batch_size ramps up when batch_ramp_* are set (V3 §4.2)
         loss = model(x, y).loss                      # CE (+ MoE balance losses), optionally bf16 autocast
         loss.backward(); clip ‖g‖ to grad_clip       # DeepSeek-LLM: 1.0
         lr = warm-up, then multi-step (or cosine)    # train/schedule.py
@@ -32,6 +33,7 @@ import torch
 
 from ..config import check_choice, check_int, check_number
 from ..data import Batches, EvalBatches, bits_per_byte
+from . import ddp
 from .loop import (
     DivergenceError,
     LoopConfig,
@@ -42,6 +44,7 @@ from .loop import (
     TrainingLoop,
     make_optimizer,
 )
+from .mfu import matmul_peak, model_flops_per_token
 from .schedule import SCHEDULES
 
 __all__ = ["DivergenceError", "NonFiniteLossError", "TrainConfig", "TrainResult", "Trainer", "make_optimizer"]
@@ -55,7 +58,7 @@ class TrainConfig:
     grad_accum_steps: int = 1  # split each batch into this many micro-batches
     lr: float = 2e-3  # peak learning rate η
     warmup_steps: int = 20
-    schedule: str = "multistep"  # "multistep" (DeepSeek-LLM), "cosine" or "constant"
+    schedule: str = "multistep"  # "multistep" (DeepSeek-LLM), "v3" (V3 §4.2), "cosine" or "constant"
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of the peak
     weight_decay: float = 0.1  # on matrices and embeddings, not on norms/biases
     beta1: float = 0.9
@@ -73,6 +76,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     device: str = "cpu"
     progress: bool = True  # show a tqdm progress bar
+    # V3's batch-size ramp (§4.2: 3,072 → 15,360 sequences over the first 469B of 14.8T tokens): the batch grows
+    # linearly from batch_ramp_start sequences at step 0 to batch_size at step batch_ramp_steps (None: no ramp)
+    batch_ramp_start: int | None = None
+    batch_ramp_steps: int | None = None
 
     # fields that do not change the numbers a run computes: free to change on resume
     COSMETIC = ("eval_every", "eval_windows", "log_every", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints",
@@ -88,6 +95,15 @@ class TrainConfig:
                              f"grad_accum_steps={self.grad_accum_steps}")
         if self.seq_len is not None:
             check_int("TrainConfig", "seq_len", self.seq_len, 1)
+        if (self.batch_ramp_start is None) != (self.batch_ramp_steps is None):
+            raise ValueError("TrainConfig.batch_ramp_start and batch_ramp_steps must be set together (or neither), "
+                             f"got {self.batch_ramp_start!r} and {self.batch_ramp_steps!r}")
+        if self.batch_ramp_start is not None:
+            check_int("TrainConfig", "batch_ramp_start", self.batch_ramp_start, self.grad_accum_steps)
+            check_int("TrainConfig", "batch_ramp_steps", self.batch_ramp_steps, 1)
+            if self.batch_ramp_start > self.batch_size:
+                raise ValueError(f"TrainConfig.batch_ramp_start={self.batch_ramp_start} must be <= "
+                                 f"batch_size={self.batch_size} (the ramp grows the batch)")
         check_number("TrainConfig", "lr", self.lr, 0, above=True)
         check_choice("TrainConfig", "schedule", self.schedule, SCHEDULES)
         check_number("TrainConfig", "min_lr_ratio", self.min_lr_ratio, 0, 1)
@@ -101,6 +117,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def batch_size_at(self, step: int) -> int:
+        """Sequences in the batch of ``step``: batch_size, or V3's linear ramp up to it, rounded down to a
+        multiple of grad_accum_steps (every micro-batch has the same number of rows)."""
+        if self.batch_ramp_start is None or step >= self.batch_ramp_steps:
+            return self.batch_size
+        b = self.batch_ramp_start + (self.batch_size - self.batch_ramp_start) * step / self.batch_ramp_steps
+        return max(self.grad_accum_steps, int(b) // self.grad_accum_steps * self.grad_accum_steps)
+
+    def tokens_before(self, step: int, seq_len: int) -> int:
+        """Tokens trained on in steps 0 … step−1."""
+        if self.batch_ramp_start is None:
+            return step * self.batch_size * seq_len
+        ramp = min(step, self.batch_ramp_steps)
+        return (sum(self.batch_size_at(s) for s in range(ramp)) + (step - ramp) * self.batch_size) * seq_len
 
     def loop_config(self) -> LoopConfig:
         """The loop core's settings (optimizer, schedule, guards, logging, checkpoints)."""
@@ -128,7 +159,7 @@ class Trainer(LoopWrapper):
     """
 
     def __init__(self, model, cfg: TrainConfig, train: Batches, val: EvalBatches | None = None,
-                 run_dir: str | Path | None = None, bytes_per_token: float = 1.0):
+                 run_dir: str | Path | None = None, bytes_per_token: float = 1.0, log_mfu: bool = False):
         self.cfg = cfg
         self.seq_len = cfg.seq_len or model.config.max_position_embeddings
         if self.seq_len > model.config.max_position_embeddings:
@@ -143,6 +174,10 @@ class Trainer(LoopWrapper):
                                  cosmetic=TrainConfig.COSMETIC)
         self.model, self.device, self.optimizer = self.loop.model, self.loop.device, self.loop.optimizer
         self.run_dir, self.log = self.loop.run_dir, self.loop.log
+        self.micro = ddp.my_micro_batches(cfg.grad_accum_steps)  # all of them, unless data parallel (ddp.py)
+        if log_mfu:  # train/mfu.py: model FLOPs per token against a matmul peak measured in this process
+            self.loop.flops_per_token = model_flops_per_token(model.config, self.seq_len)
+            self.loop.peak_flops = matmul_peak("bf16" if cfg.bf16 else "fp32", str(self.device))
 
     @property
     def ckpt_dir(self) -> Path | None:
@@ -165,13 +200,16 @@ class Trainer(LoopWrapper):
         """The batch of ``step`` as ``grad_accum_steps`` micro-batches, each weighted by its share of the
         batch's target tokens (the loss core's contract: the shares sum to the batch's loss)."""
         cfg = self.cfg
-        x, y = self.train_data.batch(step, cfg.batch_size, self.seq_len, cfg.seed)
+        batch_size = cfg.batch_size_at(step)
+        x, y = self.train_data.batch(step, batch_size, self.seq_len, cfg.seed)
         x, y = x.to(self.device), y.to(self.device)
         n = cfg.grad_accum_steps
         total = int((y != -100).sum().clamp(min=1))
 
         def micro_batches():
-            for xm, ym in zip(x.chunk(n), y.chunk(n)):
+            xs, ys = x.chunk(n), y.chunk(n)
+            for i in self.micro:  # this rank's micro-batches: all of them in one process (ddp.py)
+                xm, ym = xs[i], ys[i]
                 with self._autocast():
                     out = self.model(xm, ym)
                 loss, aux = out.loss.float(), out.aux_loss
@@ -182,8 +220,11 @@ class Trainer(LoopWrapper):
                     aux = aux.float()
                     yield MicroBatch((loss - aux) * share + aux / n, out.metrics)
 
-        tokens = cfg.batch_size * self.seq_len
-        return Step([micro_batches()], metrics={"tokens": (step + 1) * tokens}, tokens=tokens)
+        tokens = batch_size * self.seq_len
+        metrics = {"tokens": cfg.tokens_before(step + 1, self.seq_len)}
+        if cfg.batch_ramp_start is not None:
+            metrics["batch_size"] = batch_size
+        return Step([micro_batches()], metrics=metrics, tokens=tokens)
 
     @torch.no_grad()
     def evaluate(self) -> dict:

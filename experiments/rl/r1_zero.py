@@ -2,6 +2,7 @@
 
     python experiments/rl/r1_zero.py                 # base model (if missing) + all RL runs
     python experiments/rl/r1_zero.py --skip-base     # RL runs only, from the shipped base
+    python experiments/rl/r1_zero.py --skip-base --runs reinforce_seed0   # rerun some runs, keep the others
 
 Writes next to this file:
     base/model.safetensors, base/config.json   the pretrained base (dslearn.rl.base_model recipe)
@@ -9,8 +10,9 @@ Writes next to this file:
     runs.jsonl                                  every train/eval record of every RL run, tagged by run name
     summary.json                                final held-out accuracy per run, wall times, tokens/s
 
-RL runs (same budget: 40 steps × 16 prompts × G=8): GRPO with seeds 0, 1, 2; REINFORCE with a group
-baseline; GRPO with a KL penalty (β = 0.04). Two single-thread worker processes.
+RL runs (same samples: 40 steps × 16 prompts × G=8): GRPO (μ = 2 updates per batch of samples, ε = 0.2) with
+seeds 0, 1, 2; REINFORCE with GRPO's group-standardised advantages, on-policy (μ = 1: no ratio, no clipping);
+GRPO with a KL penalty (β = 0.04). Two single-thread worker processes.
 """
 
 from __future__ import annotations
@@ -23,31 +25,18 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
+
+from dslearn.rl.base_model import BASE_STEPS, N_EVAL, SLIP_RATE, base_config, load_base
 
 HERE = Path(__file__).resolve().parent
-BASE_STEPS, SLIP_RATE = 900, 0.7
+# REINFORCE is on-policy: one update per batch of samples (μ = 1). A second update on the same samples would be
+# off-policy with no importance ratio — GRPO's ratio and clipping are what make μ = 2 legitimate.
 RUNS = {
     "grpo_seed0": dict(seed=0), "grpo_seed1": dict(seed=1), "grpo_seed2": dict(seed=2),
-    "reinforce_seed0": dict(seed=0, algorithm="reinforce"), "grpo_kl_seed0": dict(seed=0, beta=0.04),
+    "reinforce_seed0": dict(seed=0, algorithm="reinforce", inner_steps=1), "grpo_kl_seed0": dict(seed=0, beta=0.04),
 }
 RL = dict(steps=40, prompts_per_step=16, group_size=8, lr=1.5e-4, eval_every=5, progress=False)
-N_EVAL = 100
-
-
-def base_config():
-    from dslearn.config import ModelConfig
-
-    return ModelConfig(vocab_size=256, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-                       num_attention_heads=4, max_position_embeddings=128)
-
-
-def load_base():
-    from dslearn.model import CausalLM
-
-    model = CausalLM(base_config())
-    load_model(model, str(HERE / "base" / "model.safetensors"))
-    return model
 
 
 def pretrain_base() -> dict:
@@ -83,7 +72,7 @@ def rl_run(item) -> tuple[str, list[dict], float]:
 
     name, overrides = item
     torch.set_num_threads(1)
-    trainer = GRPOTrainer(load_base(), GRPOConfig(**{**RL, **overrides}), carry_problems("train"),
+    trainer = GRPOTrainer(load_base(HERE / "base"), GRPOConfig(**{**RL, **overrides}), carry_problems("train"),
                           carry_problems("held_out")[:N_EVAL])
     t0 = time.perf_counter()
     records = trainer.fit()
@@ -93,14 +82,22 @@ def rl_run(item) -> tuple[str, list[dict], float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--skip-base", action="store_true")
+    p.add_argument("--runs", nargs="+", choices=sorted(RUNS), help="rerun only these; the others' results are kept")
     args = p.parse_args()
+    names = args.runs or list(RUNS)
     t0 = time.perf_counter()
     if not args.skip_base or not (HERE / "base" / "model.safetensors").exists():
         print("base:", pretrain_base())
     with mp.get_context("spawn").Pool(2) as pool:
-        results = pool.map(rl_run, list(RUNS.items()))
-    summary = {"base": json.loads((HERE / "base_eval.json").read_text()), "rl": RL, "runs": {}}
+        results = pool.map(rl_run, [(n, RUNS[n]) for n in names])
+    old = json.loads((HERE / "summary.json").read_text()) if args.runs else {"runs": {}}
+    summary = {"base": json.loads((HERE / "base_eval.json").read_text()), "rl": RL,
+               "runs": {n: {**old["runs"][n], "overrides": RUNS[n]}
+                        for n in RUNS if n in old["runs"] and n not in names}}
+    kept = [line for line in (HERE / "runs.jsonl").read_text().splitlines()
+            if json.loads(line)["run"] not in names] if args.runs else []
     with open(HERE / "runs.jsonl", "w") as f:
+        f.writelines(line + "\n" for line in kept)
         for name, records, wall in results:
             for r in records:
                 f.write(json.dumps({"run": name, **r}) + "\n")
@@ -110,8 +107,14 @@ def main() -> None:
                 "heldout_greedy_start": evals[0]["heldout_greedy"], "heldout_greedy_end": evals[-1]["heldout_greedy"],
                 "heldout_pass@1_start": evals[0]["heldout_pass@1"], "heldout_pass@1_end": evals[-1]["heldout_pass@1"],
                 "wall_s": wall, "rollout_tokens_per_s": sum(r["rollout_tokens_per_s"] for r in train) / len(train),
-                "response_len_start": train[0]["response_len"], "response_len_end": train[-1]["response_len"]}
-    summary["total_wall_s"] = time.perf_counter() - t0
+                "response_len_start": train[0]["response_len"], "response_len_end": train[-1]["response_len"],
+                "overrides": RUNS[name]}
+    summary["runs"] = {n: summary["runs"][n] for n in RUNS if n in summary["runs"]}  # the table's order
+    if args.runs:  # the full invocation's wall time stays; this one's is recorded beside it
+        summary["total_wall_s"] = old["total_wall_s"]
+        summary["reruns"] = {**old.get("reruns", {}), " ".join(names): time.perf_counter() - t0}
+    else:
+        summary["total_wall_s"] = time.perf_counter() - t0
     (HERE / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 

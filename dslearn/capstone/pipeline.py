@@ -1,0 +1,257 @@
+"""``dslearn capstone``: a miniature DeepSeek-V3 trained from nothing, stage by stage, each stage resumable.
+
+    plan      the run's every number, from chapter 01's fitted laws (sizing.py) → <out>/plan.json
+    stages    pretrain → long_context → [post-training] → evaluate → export → report   (stages.py, report.py)
+
+**Resuming.** A stage is done when ``<out>/<stage>/summary.json`` exists (written atomically, last). A
+training stage checkpoints every ``checkpoint_every`` steps through the course's training loop; stop the run
+at any moment (Ctrl-C, a kill, a power cut) and the same command continues: finished stages are skipped, the
+interrupted one resumes from its newest checkpoint and, because every batch is a pure function of (seed,
+step), computes exactly what an uninterrupted run computes. A directory holding a run with a different plan
+is refused rather than mixed.
+
+**Post-training.** Chapter 09's stages (cold-start SFT → reasoning RL → rejection-sampling SFT → DPO / final
+RL, ``dslearn.rl.recipe``) plug in as ``POST_TRAINING`` stages between long_context and evaluate. Until that
+recipe is in the package the list is empty and the pipeline says so; no stand-in stage runs in its place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig, get_preset
+from . import report as report_mod
+from . import stages as st
+from .sizing import (
+    DEFAULT_BUDGET,
+    QUICK_BUDGET,
+    accounting_table,
+    derivation,
+    family,
+    fitted_laws,
+    size_for_budget,
+)
+from .stages import CapstoneError
+
+V3_TOTAL_TOKENS = 14.8e12
+V3_BATCH_RAMP_TOKENS = 469e9  # V3 §4.2: 3,072 → 15,360 sequences over the first 469B tokens
+V3_GAMMA_ZERO_TOKENS = 500e9  # γ = 0 for the last 500B tokens
+V3_LAMBDA_SWITCH_TOKENS = 10e12  # λ = 0.3 for the first 10T tokens, then 0.1
+V3_WARMUP_FRACTION = 2000 / (V3_TOTAL_TOKENS / (15360 * 4096))  # 2K warm-up steps of ≈ 235K at the full batch
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable  # run(ctx) -> summary dict
+    about: str
+    trains: bool = False  # leaves a checkpoint that evaluate scores and the next stage starts from
+    evaluate: Callable | None = None  # evaluate(model, ctx) -> extra table columns (post-training stages)
+
+
+PRETRAINING = [
+    Stage("pretrain", st.pretrain, "next-token + MTP + balance losses, FIM 0.1, V3's LR shape and batch ramp", True),
+    Stage("long_context", st.long_context, "YaRN context extension (V3 §4.3)", True),
+]
+# Chapter 09's stages plug in here (cold_start_sft → reasoning_rl → rejection_sampling_sft → dpo), from
+# dslearn.rl.recipe; until it exists in the package this list is empty, and the pipeline prints that it is.
+POST_TRAINING: list[Stage] = []
+FINAL = [
+    Stage("evaluate", st.evaluate, "every training stage's checkpoint in one table"),
+    Stage("export", st.export, "Hugging Face format, checked against transformers"),
+    Stage("report", report_mod.write_report, "report.md with figures"),
+]
+
+
+def all_stages() -> list[Stage]:
+    return PRETRAINING + POST_TRAINING + FINAL
+
+
+def stage_names() -> list[str]:
+    return [s.name for s in all_stages()]
+
+
+# --- the plan -----------------------------------------------------------------------------------------------
+def make_plan(quick: bool = False, seed: int = 0) -> dict:
+    """Every number of a run. The model and the pretraining budget come from the sizing derivation; the
+    schedule's proportions from V3's token counts."""
+    C = QUICK_BUDGET if quick else DEFAULT_BUDGET
+    size = size_for_budget(C)
+    steps, batch, seq = size["steps"], size["batch_size"], size["seq_len"]
+    fields = family(size["width"], context=seq)
+    if size["width"] == get_preset("mini-v3").hidden_size:
+        fields = get_preset("mini-v3").to_dict()  # the preset is the default run's model
+    model = ModelConfig.from_dict(fields).replace(
+        bias_update_until=round(steps * (1 - V3_GAMMA_ZERO_TOKENS / V3_TOTAL_TOKENS)),
+        mtp_weight_switch_step=round(steps * V3_LAMBDA_SWITCH_TOKENS / V3_TOTAL_TOKENS))
+    pretrain = dict(steps=steps, batch_size=batch, seq_len=seq, grad_accum_steps=2, lr=size["lr"],
+                    warmup_steps=max(10, round(steps * V3_WARMUP_FRACTION)), schedule="v3", seed=seed,
+                    batch_ramp_start=max(2, batch // 2 // 2 * 2),
+                    batch_ramp_steps=max(1, round(steps * V3_BATCH_RAMP_TOKENS / V3_TOTAL_TOKENS)),
+                    eval_every=max(1, steps // 10), eval_windows=64 if quick else 256, log_every=10,
+                    checkpoint_every=max(10, steps // 20), weight_decay=0.1)
+    factor, context = 4, 4 * seq
+    long_ctx = dict(context=context, eval_windows=16 if quick else 64,
+                    rope_scaling={"type": "yarn", "factor": float(factor), "original_max_position_embeddings": seq,
+                                  "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
+                    train=dict(steps=20 if quick else 120, batch_size=4, seq_len=context, grad_accum_steps=2,
+                               lr=size["lr"] * 0.1, warmup_steps=0, schedule="constant", seed=seed + 1,
+                               eval_every=0, eval_windows=16 if quick else 64, log_every=5,
+                               checkpoint_every=10 if quick else 20, weight_decay=0.1))
+    return {"quick": quick, "seed": seed, "budget": C, "fim_rate": 0.1,
+            "sizing": {k: v for k, v in size.items() if k != "laws"} | {"laws": size["laws"]["source"]},
+            "model": model.to_dict(), "pretrain": pretrain, "long_context": long_ctx,
+            "evaluate": dict(windows=32 if quick else 128, mtp_prompts=2 if quick else 6, prompt_bytes=32,
+                             mtp_new_tokens=24 if quick else 48),
+            "export": dict(prompts=4, prompt_bytes=24, new_tokens=16 if quick else 32, atol=1e-4),
+            "report": dict(sample_tokens=48 if quick else 120)}
+
+
+def reduced_plan(seq_len: int = 32, steps: int = 12, long_steps: int = 4, seed: int = 0) -> dict:
+    """The --quick plan shrunk to seconds (the tests and the notebook's live run): the same model and stages at a
+    context of ``seq_len`` (extended ×2 by YaRN), ``steps`` pretraining steps and ``long_steps`` at the long
+    context. Its numbers show that every stage runs, not what the model learns."""
+    plan = make_plan(quick=True, seed=seed)
+    plan["model"] = ModelConfig.from_dict(plan["model"]).replace(
+        max_position_embeddings=seq_len, bias_update_until=round(steps * (1 - V3_GAMMA_ZERO_TOKENS / V3_TOTAL_TOKENS)),
+        mtp_weight_switch_step=round(steps * V3_LAMBDA_SWITCH_TOKENS / V3_TOTAL_TOKENS)).to_dict()
+    plan["pretrain"] |= dict(steps=steps, batch_size=4, seq_len=seq_len, warmup_steps=2, batch_ramp_start=2,
+                             batch_ramp_steps=max(1, steps // 4), eval_every=max(1, steps // 2), eval_windows=4,
+                             log_every=1, checkpoint_every=max(1, steps // 4))
+    lc = plan["long_context"]
+    lc |= dict(context=2 * seq_len, eval_windows=4)
+    lc["rope_scaling"] = lc["rope_scaling"] | dict(factor=2.0, original_max_position_embeddings=seq_len)
+    lc["train"] |= dict(steps=long_steps, batch_size=2, seq_len=2 * seq_len, eval_windows=4, log_every=1,
+                        checkpoint_every=max(1, long_steps // 2))
+    plan["evaluate"] = dict(windows=4, mtp_prompts=1, prompt_bytes=8, mtp_new_tokens=6)
+    plan["export"] |= dict(prompts=3, prompt_bytes=8, new_tokens=6)
+    plan["report"] = dict(sample_tokens=6)
+    plan["reduced"] = True
+    return plan
+
+
+# --- a run --------------------------------------------------------------------------------------------------
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Context:
+    """What a stage sees: the run directory, the plan, the device, and the other stages' results."""
+
+    def __init__(self, out: Path, plan: dict, device: str = "cpu", progress: bool = True):
+        self.out, self.plan, self.device, self.progress = out, plan, device, progress
+
+    def stage_dir(self, name: str) -> Path:
+        d = self.out / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def summary(self, name: str) -> dict | None:
+        path = self.out / name / "summary.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def training_stages(self) -> list[Stage]:
+        """The training stages that have finished, in order."""
+        return [s for s in all_stages() if s.trains and self.summary(s.name) is not None]
+
+
+def _check_plan(out: Path, plan: dict) -> None:
+    path = out / "plan.json"
+    if not path.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(path, plan)
+        return
+    saved = json.loads(path.read_text())
+    if json.loads(json.dumps(plan, default=float)) != saved:
+        kind = "a --quick run" if saved.get("quick") else "a default run"
+        raise CapstoneError(f"{out} holds {kind} whose plan differs from this command's; rerun the command that "
+                            f"made it, or choose another --out")
+
+
+def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | None = None,
+        from_: str | None = None, device: str = "cpu", threads: int | None = None, progress: bool = True,
+        seed: int = 0, echo: Callable[[str], None] = print, plan: dict | None = None) -> dict:
+    """Run the pipeline into ``out``: every stage not yet done, up to ``until``; ``from_`` reruns that stage and
+    all after it. Returns {stage: summary}. Raises CapstoneError (one line) for bad input. ``plan`` replaces
+    ``make_plan(quick, seed)`` (the tests run a reduced one)."""
+    names = stage_names()
+    for flag, value in (("--until", until), ("--from", from_)):
+        if value is not None and value not in names:
+            raise CapstoneError(f"{flag} {value!r}: unknown stage; the stages are {', '.join(names)}")
+    if until is not None and from_ is not None and names.index(from_) > names.index(until):
+        raise CapstoneError(f"--from {from_} comes after --until {until}; the order is {' → '.join(names)}")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise CapstoneError(f"--threads must be an integer >= 1, got {threads!r}")
+        torch.set_num_threads(threads)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CapstoneError(f"--out {out} is a file, not a directory")
+    plan = plan or make_plan(quick, seed)
+    _check_plan(out, plan)
+    ctx = Context(out, plan, device, progress)
+    if from_ is not None:
+        first = names.index(from_)
+        missing = [n for n in names[:first] if ctx.summary(n) is None]
+        if missing:
+            raise CapstoneError(f"--from {from_} needs the stages before it finished; {', '.join(missing)} "
+                                f"{'is' if len(missing) == 1 else 'are'} not (run without --from first)")
+        for n in names[first:]:
+            shutil.rmtree(out / n, ignore_errors=True)
+    last = names.index(until) if until is not None else len(names) - 1
+    echo(f"capstone → {out}: {' → '.join(names)}"
+         + ("" if POST_TRAINING else "  (chapter 09's post-training stages are not in the package yet: "
+                                     "dslearn.rl.recipe)"))
+    done = {}
+    for i, stage in enumerate(all_stages()[:last + 1]):
+        summary = ctx.summary(stage.name)
+        if summary is not None:
+            echo(f"[{i + 1}/{last + 1}] {stage.name}: done earlier ({summary['wall_s']:.0f} s)")
+            done[stage.name] = summary
+            continue
+        echo(f"[{i + 1}/{last + 1}] {stage.name}: {stage.about}")
+        elapsed_path = ctx.stage_dir(stage.name) / "elapsed.json"
+        elapsed = json.loads(elapsed_path.read_text()) if elapsed_path.is_file() else {}
+        before, cpu_before = elapsed.get("seconds", 0.0), elapsed.get("cpu_seconds", 0.0)
+        resumed = before > 0 or (ctx.stage_dir(stage.name) / "checkpoints" / "LATEST").is_file()
+        if resumed:
+            echo(f"    resuming {stage.name} from its checkpoint")
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            summary = stage.run(ctx)
+        except BaseException:
+            _write_json_atomic(elapsed_path, {"seconds": before + time.perf_counter() - t0,
+                                              "cpu_seconds": cpu_before + time.process_time() - c0})
+            raise
+        # wall_s: this stage's time over every invocation that ended normally or by Ctrl-C (a SIGKILLed
+        # invocation cannot record its time; "resumed" still says the stage continued from a checkpoint)
+        # cpu_s: this process's CPU time in the stage — on shared cores a steadier guide to the cost than wall_s
+        summary = {"wall_s": before + time.perf_counter() - t0, "cpu_s": cpu_before + time.process_time() - c0,
+                   "resumed": resumed, **summary}
+        _write_json_atomic(ctx.stage_dir(stage.name) / "summary.json", summary)
+        echo(f"    {stage.name} finished in {summary['wall_s']:.0f} s")
+        done[stage.name] = summary
+    walls = {n: s["wall_s"] for n, s in done.items()}
+    echo("stage wall times: " + ", ".join(f"{n} {w:.0f} s" for n, w in walls.items())
+         + f"; total {sum(walls.values()):.0f} s")
+    return done
+
+
+def describe_plan(plan: dict) -> str:
+    """The derivation and the accounting, as ``dslearn capstone`` prints them before training."""
+    size = size_for_budget(plan["budget"], fitted_laws())
+    return derivation(size) + "\n\n" + accounting_table(ModelConfig.from_dict(plan["model"]))[1]
+

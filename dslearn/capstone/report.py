@@ -1,0 +1,189 @@
+"""The capstone's report: ``<out>/report.md`` and its figures (``<out>/report/*.png``), from the run's own files.
+
+Every number in the report is read from what the stages wrote (metrics logs, summaries, the evaluation table)
+or computed here from the plan (the sizing derivation, the accounting beside V3); nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from ..config import ModelConfig
+from ..train import load_model_from_checkpoint
+from . import stages as st
+from .sizing import accounting_table, derivation, fitted_laws, size_for_budget
+
+
+def _subplots(nrows: int, ncols: int, figsize, **kw):
+    """A figure that is only ever saved to a file: no pyplot, so no GUI backend is chosen or changed (a notebook
+    that writes a report keeps its inline figures)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def _smooth(y, n: int = 10):
+    y = np.asarray(y, dtype=float)
+    if len(y) < n:
+        return y
+    return np.convolve(y, np.ones(n) / n, mode="valid")
+
+
+def _fig_losses(ctx, path: Path) -> None:
+    names = [s.name for s in ctx.training_stages()]
+    fig, axes = _subplots(1, len(names), (5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        recs = st.stage_records(ctx, name)
+        train = [r for r in recs if r.get("kind") == "train"]
+        val = [r for r in recs if r.get("kind") == "val"]
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], alpha=0.4, label="train loss (total)")
+        if train and "ce_loss" in train[0]:
+            ax.plot([r["step"] for r in train], [r["ce_loss"] for r in train], label="train next-token CE")
+        if val:
+            ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", ms=3, label="held-out CE")
+        ax.set_title(name)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("nats per byte")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _fig_schedule(ctx, path: Path) -> None:
+    train = [r for r in st.stage_records(ctx, "pretrain") if r.get("kind") == "train"]
+    fig, axes = _subplots(1, 3, (14, 3.4))
+    steps = [r["step"] for r in train]
+    axes[0].plot(steps, [r["lr"] for r in train])
+    axes[0].set_title("learning rate (V3's shape: warm-up, constant, cosine, tail)")
+    axes[1].plot(steps, [r.get("batch_size", math.nan) for r in train])
+    axes[1].set_title("batch size (sequences; V3's ramp)")
+    axes[2].plot(steps, [r.get("mtp/loss1", math.nan) for r in train], label="L_MTP^1 (next-next token)")
+    axes[2].plot(steps, [r.get("ce_loss", math.nan) for r in train], label="main next-token CE")
+    ax2 = axes[2].twinx()
+    ax2.plot(steps, [r.get("mtp/lambda", math.nan) for r in train], "k--", label="λ")
+    ax2.set_ylabel("λ")
+    axes[2].set_title("multi-token prediction")
+    axes[2].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _fig_experts(ctx, path: Path) -> None:
+    train = [r for r in st.stage_records(ctx, "pretrain") if r.get("kind") == "train"]
+    cfg = ModelConfig.from_dict(ctx.plan["model"])
+    layers = [i for i in range(cfg.num_hidden_layers) if cfg.is_moe_layer(i)]
+    E = cfg.n_routed_experts
+    fig, axes = _subplots(1, 2, (12, 3.6))
+    last = train[-1] if train else {}
+    load = np.array([[last.get(f"moe/l{i}/expert{j}", math.nan) for j in range(E)] for i in layers])
+    im = axes[0].imshow(load, aspect="auto", cmap="viridis")
+    axes[0].set_yticks(range(len(layers)), [f"layer {i}" for i in layers])
+    axes[0].set_xlabel("routed expert")
+    axes[0].set_title(f"expert load at the last step (share; balanced = {1 / E:.3f})")
+    fig.colorbar(im, ax=axes[0])
+    steps = [r["step"] for r in train]
+    for i in layers:
+        axes[1].plot(steps, _pad(_smooth([r.get(f"moe/l{i}/maxvio", math.nan) for r in train]), len(steps)),
+                     label=f"layer {i}")
+    axes[1].set_xlabel("optimizer step")
+    axes[1].set_ylabel("MaxVio (max load / mean − 1)")
+    axes[1].set_title("load imbalance during pretraining (aux-loss-free bias)")
+    axes[1].legend(fontsize=7)
+    axes[1].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _pad(y, n: int):
+    y = list(y)
+    return [math.nan] * (n - len(y)) + y
+
+
+def _fmt(v) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3g}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(ctx) -> dict:
+    """report.md and its figures, from the finished stages' files."""
+    out, plan = ctx.out, ctx.plan
+    figdir = ctx.stage_dir("report")
+    figures = {"losses.png": _fig_losses, "pretraining.png": _fig_schedule, "experts.png": _fig_experts}
+    for name, fn in figures.items():
+        fn(ctx, figdir / name)
+    s = {n: ctx.summary(n) or {} for n in ("pretrain", "long_context", "evaluate", "export")}
+    final = ctx.training_stages()[-1].name
+    model = load_model_from_checkpoint(ctx.stage_dir(final)).float().eval()
+    samples = st.samples(ctx, model, plan["report"]["sample_tokens"])
+    config = ModelConfig.from_dict(plan["model"])
+    walls = [{"stage": n, "wall s": (ctx.summary(n) or {}).get("wall_s", math.nan),
+              "CPU s": (ctx.summary(n) or {}).get("cpu_s", math.nan),
+              "resumed": (ctx.summary(n) or {}).get("resumed")} for n in (*[x.name for x in ctx.training_stages()],
+                                                                           "evaluate", "export")]
+    pre, lc, ex = s["pretrain"], s["long_context"], s["export"]
+    md = [f"# Capstone report: mini-v3 ({'quick' if plan['quick'] else 'default'} run)", "",
+          f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; {pre.get('corpus', '')}.", "",
+          "## Stages and wall times", "",
+          "CPU s is this process's CPU time: on cores shared with other jobs, wall time (and the tokens/s and MFU "
+          "below, which use it) overstates the cost.", "", _table(walls, ["stage", "wall s", "CPU s", "resumed"]), "",
+          "## The model, sized by chapter 01's laws", "", "```",
+          derivation(size_for_budget(plan["budget"], fitted_laws())), "```", "",
+          "## Accounting beside DeepSeek-V3", "", "```", accounting_table(config)[1], "```", "",
+          "## Pretraining", "",
+          f"{pre.get('steps')} steps, {_fmt(pre.get('tokens'))} tokens, held-out {_fmt(pre.get('val_bpb'))} bits/byte, "
+          f"{_fmt(pre.get('tokens_per_s'))} tokens/s.", "",
+          f"**MFU**: {_fmt(100 * pre.get('mfu_mean', math.nan))}% on average — model FLOPs per token "
+          f"{_fmt(pre.get('model_flops_per_token'))} (M + output head + MTP) × tokens/s, over a "
+          f"{pre.get('peak_dtype')} matmul peak of {_fmt((pre.get('peak_flops') or math.nan) / 1e9)} GFLOP/s "
+          "measured in the same process (dslearn/train/mfu.py). A model this small spends most of a step outside "
+          "large matmuls (routing, norms, the optimizer), which is what the gap measures.", "",
+          "![losses](report/losses.png)", "", "![pretraining](report/pretraining.png)", "",
+          "![experts](report/experts.png)", "",
+          "## Context extension (YaRN)", "",
+          _table([{"held-out at": f"{lc.get('context')} tokens", "plain RoPE (before)": lc.get("long_bpb_plain_rope"),
+                   "YaRN, untrained": lc.get("long_bpb_yarn_untrained"),
+                   "YaRN, after the stage": lc.get("long_bpb_after")},
+                  {"held-out at": f"{plan['pretrain']['seq_len']} tokens",
+                   "plain RoPE (before)": lc.get("short_bpb_before"), "YaRN, untrained": None,
+                   "YaRN, after the stage": lc.get("short_bpb_after")}],
+                 ["held-out at", "plain RoPE (before)", "YaRN, untrained", "YaRN, after the stage"]),
+          "", "(bits per byte; lower is better)", "",
+          "## Evaluation of every stage's checkpoint", "",
+          _table(s["evaluate"].get("rows", []), s["evaluate"].get("columns", [])), "",
+          "val_bpb: held-out bits/byte at the pretraining context; long_bpb: at the extended context (plain RoPE for "
+          "checkpoints trained before the extension); moe_maxvio: mean over MoE layers of max expert load / mean "
+          "load − 1 on held-out text; mtp_acceptance: share of the MTP module's greedy drafts the model accepts.",
+          "", "## Export", "",
+          f"`{ex.get('architecture')}` loaded by `transformers.AutoModelForCausalLM.from_pretrained` from "
+          f"`{ex.get('path')}`: max |logit difference| {_fmt(ex.get('max_abs_logit_diff'))}; greedy continuations "
+          f"equal to ours for {ex.get('greedy_equal')} of {ex.get('prompts')} prompts ({ex.get('new_tokens')} tokens).",
+          "", "## Samples (greedy, the final model, absorbed MLA)", ""]
+    for k, v in samples.items():
+        md += [f"**{k!r}**", "", "```", v, "```", ""]
+    md += ["## Plan", "", "```json", json.dumps({k: plan[k] for k in ("pretrain", "long_context")},
+                                              indent=1), "```", ""]
+    (out / "report.md").write_text("\n".join(md))
+    return {"report": str(out / "report.md"), "figures": sorted(figures), "samples": samples}

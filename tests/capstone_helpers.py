@@ -1,0 +1,48 @@
+"""A reduced capstone plan for the tests, and a child process that runs it (optionally killing itself).
+
+``python tests/capstone_helpers.py OUT [KILL_STAGE KILL_STEP]`` runs the reduced pipeline into OUT with one
+thread; with a kill point it SIGKILLs itself right after the checkpoint of step KILL_STEP of stage KILL_STAGE
+is written — no ``finally``, no flush, the way a preempted job dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_plan() -> dict:
+    from dslearn.capstone.pipeline import reduced_plan
+
+    return reduced_plan(seq_len=32, steps=12, long_steps=4)
+
+
+def main(argv: list[str]) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from dslearn.capstone import run
+    from dslearn.train import loop
+
+    out = argv[0]
+    if len(argv) == 3:
+        stage, kill_step = argv[1], int(argv[2])
+        save = loop.TrainingLoop.save
+
+        def save_then_die(self):
+            path = save(self)
+            if self.cfg.desc == stage and self.step == kill_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return path
+
+        loop.TrainingLoop.save = save_then_die
+    run(out, until="long_context", progress=False, plan=tiny_plan(), echo=lambda s: None)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main(sys.argv[1:])

@@ -1,0 +1,76 @@
+"""Data parallelism (dslearn/train/ddp.py): the same training script under ``torchrun --nproc-per-node 2`` (gloo,
+CPU) follows the single-process loss trajectory with the same global batch, and a checkpoint written by rank 0
+resumes in either mode. The model is MLA + DeepSeekMoE with V3's bias update, so the expert load really has to
+be summed over the ranks (with per-rank loads the biases, and then the routing, would drift apart)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from capstone_helpers import REPO
+from safetensors.torch import load_file
+
+SCRIPT = str(REPO / "tests" / "ddp_helpers.py")
+
+
+def _run(run_dir, *args, procs: int = 1):
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
+                if procs > 1 else [sys.executable])
+    r = subprocess.run([*launcher, SCRIPT, str(run_dir), *map(str, args)], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r["moe/maxvio"], r["batch_size"]) for r in rows if r["kind"] == "train"]
+
+
+def _weights(run_dir):
+    latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
+    return load_file(str(run_dir / "checkpoints" / latest / "model.safetensors"))
+
+
+def _close(a, b, rel=1e-4):
+    assert [s for s, *_ in a] == [s for s, *_ in b]
+    for (s, la, va, ba), (_, lb, vb, bb) in zip(a, b):
+        assert la == pytest.approx(lb, rel=rel), s
+        assert va == pytest.approx(vb, rel=rel, abs=1e-6) and ba == bb, s
+
+
+def _weights_close(a, b):
+    import torch
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    d = tmp_path_factory.mktemp("single")
+    _run(d)
+    return d
+
+
+def test_two_processes_follow_the_single_process_trajectory(single, tmp_path):
+    _run(tmp_path, procs=2)
+    one, two = _losses(single), _losses(tmp_path)
+    assert len(one) == 5 and one[0][1] == pytest.approx(two[0][1], rel=1e-6)  # the same first forward
+    _close(one, two)
+    _weights_close(_weights(single), _weights(tmp_path))
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_a_checkpoint_resumes_in_either_mode(single, tmp_path, first, then):
+    _run(tmp_path, 2, procs=first)  # stopped after the checkpoint of step 2
+    assert (tmp_path / "checkpoints" / "LATEST").read_text().strip() == "step_000002"
+    _run(tmp_path, procs=then)
+    _close(_losses(single), _losses(tmp_path))
+    _weights_close(_weights(single), _weights(tmp_path))
