@@ -213,8 +213,8 @@ def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | Non
             shutil.rmtree(out / n, ignore_errors=True)
     last = names.index(until) if until is not None else len(names) - 1
     echo(f"capstone → {out}: {' → '.join(names)}"
-         + ("" if POST_TRAINING else "  (chapter 09's post-training stages are not in the package yet: "
-                                     "dslearn.rl.recipe)"))
+         + ("" if POST_TRAINING else "  (chapter 09's post-training stages, dslearn.rl.recipe, are not "
+                                     "wired into the capstone yet)"))
     done = {}
     for i, stage in enumerate(all_stages()[:last + 1]):
         summary = ctx.summary(stage.name)
