@@ -134,12 +134,7 @@ def generate(
     stops = [list(s) for s in (stop or []) if len(s) > 0]
     device = model.lm_head.weight.device
     B, P = len(prompts), max(len(p) for p in prompts)
-    # 1. left-pad the prompts into one batch
-    ids = torch.full((B, P), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(B, P, dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, P - len(p):] = True
+    ids, mask = _left_pad(prompts, pad_id, device)  # 1. the prompts in one batch
     was_training = model.training
     model.eval()
     out_tokens: list[list[int]] = [[] for _ in range(B)]
@@ -155,7 +150,7 @@ def generate(
             for j, tok in enumerate(nxt.tolist()):
                 row = active[j].item()
                 out_tokens[row].append(tok)
-                if any(out_tokens[row][-len(s):] == s for s in stops):
+                if _stopped(out_tokens[row], stops):
                     reasons[row] = "stop"
                 else:
                     keep.append(j)
@@ -179,6 +174,17 @@ def generate(
     return [Generation(list(p), t, r) for p, t, r in zip(prompts, out_tokens, reasons)]
 
 
+def _left_pad(prompts, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts right-aligned into one (B, P) batch: ids (left-padded with pad_id) and the mask of real tokens."""
+    B, P = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, P), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(B, P, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p):] = True
+    return ids, mask
+
+
 def _stopped(tokens: list[int], stops: list[list[int]]) -> bool:
     return any(tokens[-len(s):] == s for s in stops)
 
@@ -190,11 +196,7 @@ def _generate_static(model, prompts, max_new_tokens, temperature, top_k, top_p, 
     stops = [list(s) for s in (stop or []) if len(s) > 0]
     device = model.lm_head.weight.device
     B, P = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((B, P), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(B, P, dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, P - len(p):] = True
+    ids, mask = _left_pad(prompts, pad_id, device)
     max_len = -(-(P + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
     step_fn = decode_step(model, compile)
     was_training = model.training

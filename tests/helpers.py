@@ -7,11 +7,14 @@ states only how its config differs from the shared one.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from dslearn.config import ModelConfig
 from dslearn.model import CausalLM
+from dslearn.rl.sandbox import sandbox_mode
 
 # --- dense and MLA models (chapters 00, 02) ---------------------------------------------------------------
 
@@ -109,3 +112,11 @@ FAST = dict(batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_windows=8, p
 def todo(*args):
     """An exercise the learner has not touched yet: the checker must report TODO, not FAIL."""
     raise NotImplementedError
+
+
+def require_isolated_sandbox() -> None:
+    """Skip unless the bubblewrap sandbox works here; fail instead where CI sets DSLEARN_REQUIRE_BWRAP."""
+    if sandbox_mode() != "isolated":
+        if os.environ.get("DSLEARN_REQUIRE_BWRAP"):
+            pytest.fail("DSLEARN_REQUIRE_BWRAP is set but the isolated (bubblewrap) sandbox does not work here")
+        pytest.skip("needs bubblewrap (apt-get install bubblewrap); CI sets DSLEARN_REQUIRE_BWRAP=1 to fail instead")

@@ -2,30 +2,23 @@
 raises out of ``run_code``, and without working isolation code rewards refuse to run (fail closed) unless
 the caller opts in to the unprotected mode. The hostile programs are in test_sandbox_hostile.py."""
 
-import os
 
 import pytest
+from helpers import require_isolated_sandbox
 
 import dslearn.rl.sandbox as sb
 from dslearn.rl import rewards
-from dslearn.rl.sandbox import Limits, SandboxUnavailable, run_code, same, sandbox_mode
+from dslearn.rl.sandbox import Limits, SandboxUnavailable, run_code, same
 from dslearn.rl.tasks import Problem
 
 GENEROUS = Limits(wall_s=60.0)  # an honest program must pass on a loaded 2-core machine
 SQUARE_CASES = [((2,), 4), ((3,), 9), ((-4,), 16)]
 
 
-def isolated():
-    if sandbox_mode() != "isolated":
-        if os.environ.get("DSLEARN_REQUIRE_BWRAP"):
-            pytest.fail("DSLEARN_REQUIRE_BWRAP is set but the isolated (bubblewrap) sandbox does not work here")
-        pytest.skip("needs bubblewrap (apt-get install bubblewrap); CI sets DSLEARN_REQUIRE_BWRAP=1 to fail instead")
-
-
 @pytest.fixture(params=["isolated", "basic"])
 def mode(request):
     if request.param == "isolated":
-        isolated()
+        require_isolated_sandbox()
     return request.param
 
 

@@ -19,20 +19,14 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import require_isolated_sandbox
 
-from dslearn.rl.sandbox import Limits, run_code, sandbox_mode
+from dslearn.rl.sandbox import Limits, run_code
 
 ROOT = Path(__file__).resolve().parents[1]
 # generous for a loaded 2-core machine: a program is killed by the CPU limit (1 s) or the wall clock (6 s)
 LIMITS = Limits(wall_s=6.0, cpu_s=1, memory_mb=256, max_procs=8, file_mb=1, disk_mb=8, output_bytes=4096)
 CASES = [((2,), 4), ((3,), 9), ((-4,), 16)]
-
-
-def require_isolation():
-    if sandbox_mode() != "isolated":
-        if os.environ.get("DSLEARN_REQUIRE_BWRAP"):
-            pytest.fail("DSLEARN_REQUIRE_BWRAP is set but the isolated (bubblewrap) sandbox does not work here")
-        pytest.skip("needs bubblewrap (apt-get install bubblewrap); CI sets DSLEARN_REQUIRE_BWRAP=1 to fail instead")
 
 
 def programs(canary: Path, port: int, udp_port: int, unix_path: str, abstract: str, nonce: str) -> dict[str, str]:
@@ -257,7 +251,7 @@ def ipc_objects() -> str:
 
 
 def test_the_hostile_suite(host):
-    require_isolation()
+    require_isolated_sandbox()
     nonce = os.urandom(4).hex()
     progs = programs(host["canary"], host["port"], host["udp_port"], host["unix_path"], host["abstract"], nonce)
     assert len(progs) >= 80, len(progs)
