@@ -20,13 +20,13 @@ PKG = ROOT / "dslearn"
 # The layers of docs/architecture.md, bottom (0) to top. A module may import from its own package and from
 # packages of a LOWER rank only.
 RANK = {
-    "config": 0, "devices": 0,
+    "config": 0, "devices": 0, "paths": 0,
     "layers": 1, "data": 1, "scaling": 1,
     "fp8": 2,
     "attention": 3, "moe": 3,
     "model": 4,
     "generate": 5, "train": 5, "parallel": 5, "export": 5,
-    "rl": 6, "plot": 6, "speculative": 6,
+    "rl": 6, "plot": 6, "diagrams": 6, "speculative": 6,
     "studies": 7, "capstone": 7, "exercises": 7, "envcheck": 7, "cli": 8, "__main__": 9, "__init__": 9,
 }
 # Packages the model is built from: no import inside a function there (optional third-party code excepted).
