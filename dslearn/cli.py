@@ -389,7 +389,8 @@ def build_parser(training: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="def ", help="text the sample continues (default: %(default)r)")
     p.set_defaults(func=cmd_tour)
     p = sub.add_parser("capstone", help="chapter 10: train a miniature DeepSeek-V3 stage by stage (resumable)",
-                       description="Pretrain → long context (YaRN) → evaluate → export (checked by transformers) → "
+                       description="Pretrain → long context (YaRN) → cold-start SFT → reasoning RL → "
+                                   "rejection-sampling SFT → final RL → evaluate → export (checked by transformers) → "
                                    "report. Interrupt at any time; the same command resumes at the same stage and "
                                    "step.")
     p.add_argument("--out", default=None, help="run directory (default: runs/capstone, or runs/capstone-quick)")

@@ -1,8 +1,8 @@
 """A reduced capstone plan for the tests, and a child process that runs it (optionally killing itself).
 
-``python tests/capstone_helpers.py OUT [KILL_STAGE KILL_STEP]`` runs the reduced pipeline into OUT with one
-thread; with a kill point it SIGKILLs itself right after the checkpoint of step KILL_STEP of stage KILL_STAGE
-is written — no ``finally``, no flush, the way a preempted job dies.
+``python tests/capstone_helpers.py OUT UNTIL [KILL_STAGE KILL_STEP]`` runs the reduced pipeline into OUT up to
+stage UNTIL with one thread; with a kill point it SIGKILLs itself right after the checkpoint of step KILL_STEP
+of stage KILL_STAGE is written — no ``finally``, no flush, the way a preempted job dies.
 """
 
 from __future__ import annotations
@@ -28,19 +28,19 @@ def main(argv: list[str]) -> None:
     from dslearn.capstone import run
     from dslearn.train import loop
 
-    out = argv[0]
-    if len(argv) == 3:
-        stage, kill_step = argv[1], int(argv[2])
+    out, until = argv[0], argv[1]
+    if len(argv) == 4:
+        stage, kill_step = argv[2], int(argv[3])
         save = loop.TrainingLoop.save
 
         def save_then_die(self):
             path = save(self)
-            if self.cfg.desc == stage and self.step == kill_step:
+            if self.run_dir is not None and self.run_dir.name == stage and self.step == kill_step:
                 os.kill(os.getpid(), signal.SIGKILL)
             return path
 
         loop.TrainingLoop.save = save_then_die
-    run(out, until="long_context", progress=False, plan=tiny_plan(), echo=lambda s: None)
+    run(out, until=until, progress=False, plan=tiny_plan(), echo=lambda s: None)
 
 
 if __name__ == "__main__":

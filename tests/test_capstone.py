@@ -113,15 +113,18 @@ def test_model_flops_and_measured_peak():
 
 
 # --- the pipeline ---------------------------------------------------------------------------------------------
-def _child(out, *kill):
+TRAINING = ["pretrain", "long_context", "cold_start_sft", "reasoning_rl", "rejection_sampling_sft", "final_rl"]
+
+
+def _child(out, *kill, until="final_rl"):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "tests" / "capstone_helpers.py"), str(out), *map(str, kill)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, str(REPO / "tests" / "capstone_helpers.py"), str(out), until,
+                           *map(str, kill)], env=env, capture_output=True, text=True, timeout=600)
 
 
 def _metrics(path):
     rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
+    return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "mfu"} for r in rows]
 
 
 def _weights(stage_dir):
@@ -129,16 +132,25 @@ def _weights(stage_dir):
     return load_file(str(stage_dir / "checkpoints" / latest / "model.safetensors"))
 
 
-@pytest.mark.parametrize("stage, step", [("pretrain", 6), ("long_context", 2)])
-def test_sigkill_mid_stage_then_the_same_command_resumes_exactly(tmp_path, stage, step):
-    ref, cut = tmp_path / "ref", tmp_path / "cut"
-    assert _child(ref).returncode == 0
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    ref = tmp_path_factory.mktemp("ref")
+    done = _child(ref)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return ref
+
+
+# pretraining (the batch ramp, FIM), GRPO (sampled rollouts) and rejection-sampling SFT (its sampled data,
+# kept in pairs.json, must be the same after the kill)
+@pytest.mark.parametrize("stage, step", [("pretrain", 6), ("reasoning_rl", 1), ("rejection_sampling_sft", 1)])
+def test_sigkill_mid_stage_then_the_same_command_resumes_exactly(uninterrupted, tmp_path, stage, step):
+    ref, cut = uninterrupted, tmp_path / "cut"
     killed = _child(cut, stage, step)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (cut / stage / "summary.json").exists()
     resumed = _child(cut)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    for name in ("pretrain", "long_context"):
+    for name in TRAINING:
         assert _metrics(cut / name) == _metrics(ref / name), name
         a, b = _weights(ref / name), _weights(cut / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
@@ -162,13 +174,19 @@ def test_whole_pipeline_writes_every_stage(whole_run):
     ex = done["export"]
     assert ex["max_abs_logit_diff"] <= 1e-4 and ex["greedy_equal"] == ex["prompts"]
     rows = json.loads((out / "evaluate" / "table.json").read_text())["rows"]
-    assert [r["stage"] for r in rows] == ["pretrain", "long_context"]
+    assert [r["stage"] for r in rows] == TRAINING
     assert all(0 < r["val_bpb"] < 8 and 0 <= r["moe_maxvio"] for r in rows)
+    assert all(0 <= r["pass@1"] <= 1 and 0 <= r["format"] <= 1 for r in rows)  # reasoning scored at every stage
+    rs = done["rejection_sampling_sft"]
+    assert rs["rs_sampled"] > 0 and (out / "rejection_sampling_sft" / "pairs.json").is_file()
+    assert done["reasoning_rl"]["steps"] == tiny_plan()["post_training"]["reasoning_rl"]["steps"]
     lc = done["long_context"]
     assert {"long_bpb_plain_rope", "long_bpb_yarn_untrained", "long_bpb_after"} <= set(lc)
     report = (out / "report.md").read_text()
     assert "MFU" in report and "DeepSeek-V3" in report
-    assert all((out / "report" / f).stat().st_size > 1000 for f in ("losses.png", "pretraining.png", "experts.png"))
+    assert "chapter 09's R1 stages" in report and "**final_rl**" in report
+    assert all((out / "report" / f).stat().st_size > 1000
+               for f in ("losses.png", "pretraining.png", "experts.png", "rl.png"))
 
 
 def test_until_stops_and_from_reruns_the_same_numbers(whole_run, tmp_path):
@@ -188,7 +206,7 @@ def test_until_stops_and_from_reruns_the_same_numbers(whole_run, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(until="nope"), "--until 'nope': unknown stage; the stages are pretrain, long_context"),
+    (dict(until="nope"), "--until 'nope': unknown stage; the stages are pretrain, long_context, cold_start_sft"),
     (dict(from_="pretrian"), "--from 'pretrian': unknown stage"),
     (dict(from_="export", until="pretrain"), "--from export comes after --until pretrain"),
     (dict(from_="long_context"), "--from long_context needs the stages before it finished; pretrain is not"),
@@ -214,3 +232,11 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert cli_main(["capstone", "--quick", "--out", str(tmp_path / "r"), "--until", "nope", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --until 'nope': unknown stage")
+
+
+def test_rejection_sampling_that_keeps_nothing_stops_with_one_line(tmp_path):
+    plan = tiny_plan()  # twelve pretraining steps: the RL checkpoint writes no verifiable answer
+    plan["post_training"]["rejection_sampling"]["allow_empty"] = False
+    with pytest.raises(CapstoneError, match="rejection sampling kept none of 4 samples") as e:
+        run(tmp_path / "run", progress=False, plan=plan, echo=lambda s: None, until="rejection_sampling_sft")
+    assert "\n" not in str(e.value) and "--from reasoning_rl" in str(e.value)

@@ -10,15 +10,15 @@ interrupted one resumes from its newest checkpoint and, because every batch is a
 step), computes exactly what an uninterrupted run computes. A directory holding a run with a different plan
 is refused rather than mixed.
 
-**Post-training.** Chapter 09's stages (cold-start SFT → reasoning RL → rejection-sampling SFT → DPO / final
-RL, ``dslearn.rl.recipe``) plug in as ``POST_TRAINING`` stages between long_context and evaluate. Until that
-recipe is in the package the list is empty and the pipeline says so; no stand-in stage runs in its place.
+**Post-training.** Chapter 09's stages (``dslearn.rl.recipe``) run as ``POST_TRAINING`` between long_context
+and evaluate: cold-start SFT → reasoning GRPO (with the language-consistency reward) → rejection-sampling SFT
+from the long-context base → final GRPO, on chapter 09's world of worked additions, which pretraining mixes into
+the Python corpus (``world_docs``) so that the base has met the task.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -54,16 +54,19 @@ class Stage:
     run: Callable  # run(ctx) -> summary dict
     about: str
     trains: bool = False  # leaves a checkpoint that evaluate scores and the next stage starts from
-    evaluate: Callable | None = None  # evaluate(model, ctx) -> extra table columns (post-training stages)
 
 
 PRETRAINING = [
     Stage("pretrain", st.pretrain, "next-token + MTP + balance losses, FIM 0.1, V3's LR shape and batch ramp", True),
     Stage("long_context", st.long_context, "YaRN context extension (V3 §4.3)", True),
 ]
-# Chapter 09's stages plug in here (cold_start_sft → reasoning_rl → rejection_sampling_sft → dpo), from
-# dslearn.rl.recipe; until it exists in the package this list is empty, and the pipeline prints that it is.
-POST_TRAINING: list[Stage] = []
+POST_TRAINING = [
+    Stage("cold_start_sft", st.cold_start_sft, "R1's cold start: SFT on readable worked solutions (chapter 09)", True),
+    Stage("reasoning_rl", st.reasoning_rl, "GRPO, reward = accuracy + 0.1·format + λ·consistency (R1 §2.3.2)", True),
+    Stage("rejection_sampling_sft", st.rejection_sampling_sft,
+          "keep the RL model's verified answers, SFT the base on them + plain text (R1 §2.3.3)", True),
+    Stage("final_rl", st.final_rl, "a second GRPO stage from the rejection-sampling model (R1 §2.3.4)", True),
+]
 FINAL = [
     Stage("evaluate", st.evaluate, "every training stage's checkpoint in one table"),
     Stage("export", st.export, "Hugging Face format, checked against transformers"),
@@ -106,7 +109,19 @@ def make_plan(quick: bool = False, seed: int = 0) -> dict:
                                lr=size["lr"] * 0.1, warmup_steps=0, schedule="constant", seed=seed + 1,
                                eval_every=0, eval_windows=16 if quick else 64, log_every=5,
                                checkpoint_every=10 if quick else 20, weight_decay=0.1))
-    return {"quick": quick, "seed": seed, "budget": C, "fim_rate": 0.1,
+    sft = dict(batch_size=16, seq_len=160, lr=size["lr"] * 0.1, warmup_steps=10)
+    rl = dict(prompts_per_step=8, group_size=8, lr=size["lr"] * 0.02, lam=0.5, n_per_level=300, eval_n_per_level=2,
+              eval_samples=2)
+    post = {"levels": [2, 3, 4], "max_new_tokens": 140,  # the annotator's longest worked solution is 130 tokens
+            "cold_start": sft | dict(n=600, steps=40 if quick else 150, checkpoint_every=10 if quick else 25),
+            "reasoning_rl": rl | dict(steps=3 if quick else 12, checkpoint_every=1 if quick else 4),
+            "rejection_sampling": sft | dict(n_per_level=5 if quick else 25, samples=4, keep=2, n_plain=60,
+                                             allow_empty=False, steps=40 if quick else 150,
+                                             checkpoint_every=10 if quick else 25),
+            "final_rl": rl | dict(steps=2 if quick else 8, checkpoint_every=1 if quick else 4),
+            "eval": dict(n_per_level=3 if quick else 10, k=4)}
+    return {"quick": quick, "seed": seed, "budget": C, "fim_rate": 0.1, "world_docs": 50_000,
+            "post_training": post,
             "sizing": {k: v for k, v in size.items() if k != "laws"} | {"laws": size["laws"]["source"]},
             "model": model.to_dict(), "pretrain": pretrain, "long_context": long_ctx,
             "evaluate": dict(windows=32 if quick else 128, mtp_prompts=2 if quick else 6, prompt_bytes=32,
@@ -117,7 +132,8 @@ def make_plan(quick: bool = False, seed: int = 0) -> dict:
 
 def reduced_plan(seq_len: int = 32, steps: int = 12, long_steps: int = 4, seed: int = 0) -> dict:
     """The --quick plan shrunk to seconds (the tests and the notebook's live run): the same model and stages at a
-    context of ``seq_len`` (extended ×2 by YaRN), ``steps`` pretraining steps and ``long_steps`` at the long
+    context of ``seq_len`` (extended by YaRN to ≥ 160, chapter 09's longest pair), ``steps`` pretraining steps,
+    ``long_steps`` at the long
     context. Its numbers show that every stage runs, not what the model learns."""
     plan = make_plan(quick=True, seed=seed)
     plan["model"] = ModelConfig.from_dict(plan["model"]).replace(
@@ -127,10 +143,22 @@ def reduced_plan(seq_len: int = 32, steps: int = 12, long_steps: int = 4, seed: 
                              batch_ramp_steps=max(1, steps // 4), eval_every=max(1, steps // 2), eval_windows=4,
                              log_every=1, checkpoint_every=max(1, steps // 4))
     lc = plan["long_context"]
-    lc |= dict(context=2 * seq_len, eval_windows=4)
-    lc["rope_scaling"] = lc["rope_scaling"] | dict(factor=2.0, original_max_position_embeddings=seq_len)
-    lc["train"] |= dict(steps=long_steps, batch_size=2, seq_len=2 * seq_len, eval_windows=4, log_every=1,
+    factor = max(2, -(-160 // seq_len))  # room for chapter 09's plain-text pairs (157 tokens) after the extension
+    lc |= dict(context=factor * seq_len, eval_windows=4)
+    lc["rope_scaling"] = lc["rope_scaling"] | dict(factor=float(factor), original_max_position_embeddings=seq_len)
+    lc["train"] |= dict(steps=long_steps, batch_size=2, seq_len=factor * seq_len, eval_windows=4, log_every=1,
                         checkpoint_every=max(1, long_steps // 2))
+    pt = plan["post_training"]
+    pt |= dict(levels=[2], max_new_tokens=24)
+    for name in ("cold_start", "rejection_sampling"):
+        pt[name] |= dict(steps=2, batch_size=2, warmup_steps=1, checkpoint_every=1)
+    pt["cold_start"]["n"] = 8
+    pt["rejection_sampling"] |= dict(n_per_level=1, samples=2, n_plain=4, allow_empty=True)
+    for name in ("reasoning_rl", "final_rl"):
+        pt[name] |= dict(steps=2, prompts_per_step=2, group_size=2, n_per_level=4, eval_n_per_level=1,
+                         eval_samples=1, checkpoint_every=1)
+    pt["eval"] = dict(n_per_level=1, k=2)
+    plan["world_docs"] = 200
     plan["evaluate"] = dict(windows=4, mtp_prompts=1, prompt_bytes=8, mtp_new_tokens=6)
     plan["export"] |= dict(prompts=3, prompt_bytes=8, new_tokens=6)
     plan["report"] = dict(sample_tokens=6)
@@ -139,15 +167,6 @@ def reduced_plan(seq_len: int = 32, steps: int = 12, long_steps: int = 4, seed: 
 
 
 # --- a run --------------------------------------------------------------------------------------------------
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=float)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Context:
     """What a stage sees: the run directory, the plan, the device, and the other stages' results."""
 
@@ -172,7 +191,7 @@ def _check_plan(out: Path, plan: dict) -> None:
     path = out / "plan.json"
     if not path.is_file():
         out.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(path, plan)
+        st.write_json_atomic(path, plan)
         return
     saved = json.loads(path.read_text())
     if json.loads(json.dumps(plan, default=float)) != saved:
@@ -212,9 +231,7 @@ def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | Non
         for n in names[first:]:
             shutil.rmtree(out / n, ignore_errors=True)
     last = names.index(until) if until is not None else len(names) - 1
-    echo(f"capstone → {out}: {' → '.join(names)}"
-         + ("" if POST_TRAINING else "  (chapter 09's post-training stages, dslearn.rl.recipe, are not "
-                                     "wired into the capstone yet)"))
+    echo(f"capstone → {out}: {' → '.join(names)}")
     done = {}
     for i, stage in enumerate(all_stages()[:last + 1]):
         summary = ctx.summary(stage.name)
@@ -233,7 +250,7 @@ def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | Non
         try:
             summary = stage.run(ctx)
         except BaseException:
-            _write_json_atomic(elapsed_path, {"seconds": before + time.perf_counter() - t0,
+            st.write_json_atomic(elapsed_path, {"seconds": before + time.perf_counter() - t0,
                                               "cpu_seconds": cpu_before + time.process_time() - c0})
             raise
         # wall_s: this stage's time over every invocation that ended normally or by Ctrl-C (a SIGKILLed
@@ -241,7 +258,7 @@ def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | Non
         # cpu_s: this process's CPU time in the stage — on shared cores a steadier guide to the cost than wall_s
         summary = {"wall_s": before + time.perf_counter() - t0, "cpu_s": cpu_before + time.process_time() - c0,
                    "resumed": resumed, **summary}
-        _write_json_atomic(ctx.stage_dir(stage.name) / "summary.json", summary)
+        st.write_json_atomic(ctx.stage_dir(stage.name) / "summary.json", summary)
         echo(f"    {stage.name} finished in {summary['wall_s']:.0f} s")
         done[stage.name] = summary
     walls = {n: s["wall_s"] for n, s in done.items()}

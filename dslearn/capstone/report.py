@@ -16,6 +16,8 @@ import torch
 from matplotlib.figure import Figure
 
 from ..config import ModelConfig
+from ..generate import generate
+from ..rl.template import STOP, display
 from ..train import load_model_from_checkpoint
 from . import stages as st
 from .sizing import accounting_table, derivation, fitted_laws, size_for_budget
@@ -36,9 +38,13 @@ def _smooth(y, n: int = 10):
 
 
 def _fig_losses(ctx, path: Path) -> None:
-    names = [s.name for s in ctx.training_stages()]
-    fig, axes = _subplots(1, len(names), (5 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    names = [s.name for s in ctx.training_stages() if not s.name.endswith("_rl")]  # RL: _fig_rl
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = _subplots(rows, cols, (5 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
         recs = st.stage_records(ctx, name)
         train = [r for r in recs if r.get("kind") == "train"]
         val = [r for r in recs if r.get("kind") == "val"]
@@ -104,6 +110,25 @@ def _fig_experts(ctx, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _fig_rl(ctx, path: Path) -> None:
+    """Reward, accuracy, format and response length per GRPO step, both RL stages side by side."""
+    names = [s.name for s in ctx.training_stages() if s.name.endswith("_rl")]
+    keys = [("reward", "reward"), ("accuracy", "accuracy (rule-checked)"), ("consistency", "language consistency"),
+            ("response_len", "response length (tokens)")]
+    fig, axes = _subplots(1, len(keys), (4.2 * len(keys), 3.4), squeeze=False)
+    for name in names:
+        train = [r for r in st.stage_records(ctx, name) if r.get("kind") == "train"]
+        for ax, (key, title) in zip(axes[0], keys):
+            ax.plot([r["step"] for r in train], [r.get(key, math.nan) for r in train], "o-", ms=3, label=name)
+            ax.set_title(title)
+    for ax in axes[0]:
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def _pad(y, n: int):
     y = list(y)
     return [math.nan] * (n - len(y)) + y
@@ -127,14 +152,56 @@ def _table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _post_training(ctx, s: dict) -> list[str]:
+    """The post-training section: what each R1 stage did, in numbers, and held-out answers before and after."""
+    if not s["cold_start_sft"]:
+        return []
+    cs, rs, r1, r2 = s["cold_start_sft"], s["rejection_sampling_sft"], s["reasoning_rl"], s["final_rl"]
+    pre = ctx.summary("pretrain") or {}
+    sft_rows = [{"stage": n, "steps": x.get("steps"), "loss first": x.get("loss_first"),
+                 "loss last": x.get("loss_last")} for n, x in (("cold_start_sft", cs), ("rejection_sampling_sft", rs))]
+    rl_rows = [{"stage": n, "steps": x.get("steps"), "λ": x.get("lam"),
+                **{f"{k} (first → last quarter)": f"{_fmt(x.get(f'{k}_first_quarter'))} → "
+                                                  f"{_fmt(x.get(f'{k}_last_quarter'))}"
+                   for k in ("reward", "accuracy", "consistency", "response_len")}}
+               for n, x in (("reasoning_rl", r1), ("final_rl", r2))]
+    rl_cols = list(rl_rows[0])
+    md = ["## Post-training: chapter 09's R1 stages", "",
+          "Pretraining mixed chapter 09's world of worked additions into the Python text "
+          f"({_fmt(pre.get('world_bytes'))} bytes, {_fmt(100 * pre.get('world_share', math.nan))}% of the training "
+          "bytes), so the base has met the "
+          "template; the stages below follow R1 §2.3 on the long-context model.", "",
+          _table(sft_rows, ["stage", "steps", "loss first", "loss last"]), "",
+          _table(rl_rows, rl_cols), "",
+          f"Rejection sampling: {rs.get('rs_sampled')} samples of the reasoning_rl model, "
+          f"{rs.get('rs_correct')} correct, "
+          f"{rs.get('rs_kept')} kept (verified, well-formed, one language; ≤ 2 per problem) from "
+          f"{rs.get('rs_problems_kept')} problems, trained on with {rs.get('plain_pairs')} plain-text pairs, starting "
+          "from the long-context base as R1 does.", "", "![rl](report/rl.png)", "",
+          "Greedy answers to held-out problems before (long_context) and after (final_rl) post-training:", ""]
+    problems = st.heldout_problems(ctx)
+    chosen = [problems[i] for i in sorted({0, len(problems) // 3, 2 * len(problems) // 3, len(problems) - 1})]
+    for stage in ("long_context", "final_rl"):
+        model = load_model_from_checkpoint(ctx.stage_dir(stage)).float().eval()
+        room = model.config.max_position_embeddings - max(len(p.prompt_ids) for p in chosen)
+        outs = generate(model, [p.prompt_ids for p in chosen], min(ctx.plan["post_training"]["max_new_tokens"], room),
+                        temperature=0.0, stop=[STOP])
+        md += [f"**{stage}**", "", "```"]
+        md += [f"{display(p.prompt_ids + o.tokens)}    [{p.answer}]" for p, o in zip(chosen, outs)]
+        md += ["```", ""]
+    return md
+
+
 def write_report(ctx) -> dict:
     """report.md and its figures, from the finished stages' files."""
     out, plan = ctx.out, ctx.plan
     figdir = ctx.stage_dir("report")
-    figures = {"losses.png": _fig_losses, "pretraining.png": _fig_schedule, "experts.png": _fig_experts}
+    figures = {"losses.png": _fig_losses, "pretraining.png": _fig_schedule, "experts.png": _fig_experts,
+               "rl.png": _fig_rl}
     for name, fn in figures.items():
         fn(ctx, figdir / name)
-    s = {n: ctx.summary(n) or {} for n in ("pretrain", "long_context", "evaluate", "export")}
+    s = {n: ctx.summary(n) or {} for n in ("pretrain", "long_context", "cold_start_sft", "reasoning_rl",
+                                            "rejection_sampling_sft", "final_rl", "evaluate", "export")}
     final = ctx.training_stages()[-1].name
     model = load_model_from_checkpoint(ctx.stage_dir(final)).float().eval()
     samples = st.samples(ctx, model, plan["report"]["sample_tokens"])
@@ -171,11 +238,18 @@ def write_report(ctx) -> dict:
                    "YaRN, after the stage": lc.get("short_bpb_after")}],
                  ["held-out at", "plain RoPE (before)", "YaRN, untrained", "YaRN, after the stage"]),
           "", "(bits per byte; lower is better)", "",
+          *_post_training(ctx, s),
           "## Evaluation of every stage's checkpoint", "",
           _table(s["evaluate"].get("rows", []), s["evaluate"].get("columns", [])), "",
           "val_bpb: held-out bits/byte at the pretraining context; long_bpb: at the extended context (plain RoPE for "
           "checkpoints trained before the extension); moe_maxvio: mean over MoE layers of max expert load / mean "
-          "load − 1 on held-out text; mtp_acceptance: share of the MTP module's greedy drafts the model accepts.",
+          "load − 1 on held-out text; mtp_acceptance: share of the MTP module's greedy drafts the model accepts. "
+          f"On {len(st.heldout_problems(ctx))} held-out addition problems (chapter 09's split), k = "
+          f"{plan['post_training']['eval']['k']} samples each at temperature 1: pass@1 = mean accuracy of the samples "
+          "(R1's definition), maj@k = the majority answer, greedy = temperature 0; format = share of responses the "
+          "template parses; consistency = share of target-language words; self_check = responses with a check line; "
+          "resp_len in tokens; pass@1_dN = pass@1 on N-digit problems. Generation stops at a checkpoint's context "
+          f"(pretrain's is {plan['pretrain']['seq_len']} tokens).",
           "", "## Export", "",
           f"`{ex.get('architecture')}` loaded by `transformers.AutoModelForCausalLM.from_pretrained` from "
           f"`{ex.get('path')}`: max |logit difference| {_fmt(ex.get('max_abs_logit_diff'))}; greedy continuations "
@@ -183,7 +257,7 @@ def write_report(ctx) -> dict:
           "", "## Samples (greedy, the final model, absorbed MLA)", ""]
     for k, v in samples.items():
         md += [f"**{k!r}**", "", "```", v, "```", ""]
-    md += ["## Plan", "", "```json", json.dumps({k: plan[k] for k in ("pretrain", "long_context")},
+    md += ["## Plan", "", "```json", json.dumps({k: plan[k] for k in ("pretrain", "long_context", "post_training")},
                                               indent=1), "```", ""]
     (out / "report.md").write_text("\n".join(md))
     return {"report": str(out / "report.md"), "figures": sorted(figures), "samples": samples}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -28,6 +29,9 @@ from ..data import FIMStream, TokenStream, bits_per_byte, fim_prompt, load_corpu
 from ..export import to_hf
 from ..generate import generate
 from ..model import CausalLM, with_config
+from ..rl import recipe
+from ..rl.evaluate import evaluate as evaluate_reasoning
+from ..rl.world import LANGUAGES, base_corpus, mixed_problems
 from ..speculative import speculative_generate
 from ..train import TrainConfig, Trainer, load_model_from_checkpoint, read_metrics
 
@@ -37,6 +41,16 @@ class CapstoneError(RuntimeError):
 
 
 # --- helpers the stages share ------------------------------------------------------------------------------
+def write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` as JSON so that ``path`` holds either the old file or the whole new one, flushed to disk."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 @torch.no_grad()
 def heldout(model: CausalLM, stream: TokenStream, seq_len: int, windows: int, batch: int = 8) -> dict:
     """Mean next-token loss (nats), bits/byte and MoE MaxVio over ``windows`` fixed held-out windows."""
@@ -95,19 +109,24 @@ def _last(records: list[dict], key: str) -> float:
 
 # --- the stages -------------------------------------------------------------------------------------------
 def pretrain(ctx) -> dict:
-    """V3 §4.1–4.2 in miniature: FIM at rate 0.1 (PSM), the four-phase LR, the batch ramp, γ's end, λ's switch."""
+    """V3 §4.1–4.2 in miniature: FIM at rate 0.1 (PSM), the four-phase LR, the batch ramp, γ's end, λ's switch.
+    The training text is the Python corpus followed by chapter 09's world (``plan["world_docs"]`` worked
+    additions), as V3's corpus mixes code and mathematics; held-out bits/byte are measured on Python."""
     p = ctx.plan
     corpus = load_corpus()
     model = CausalLM(ModelConfig.from_dict(p["model"]), seed=p["seed"])
-    trainer = _trainer(ctx, "pretrain", model, p["pretrain"], FIMStream(corpus.train, "train split", p["fim_rate"]),
-                       TokenStream(corpus.val, "validation split"), mfu=True)
+    world = base_corpus(p["world_docs"], levels=tuple(p["post_training"]["levels"]), seed=p["seed"])
+    train = FIMStream(corpus.train + world, "train split + chapter 09's world", p["fim_rate"])
+    trainer = _trainer(ctx, "pretrain", model, p["pretrain"], train, TokenStream(corpus.val, "validation split"),
+                       mfu=True)
     result = trainer.fit()
     rows = read_metrics(ctx.stage_dir("pretrain"), "train")
     mfus = [r["mfu"] for r in rows if "mfu" in r]
     return {"val_bpb": result.final_val_bpb, "steps": result.steps_done, "tokens": _last(rows, "tokens"),
             "tokens_per_s": result.tokens_per_s, "mfu_mean": sum(mfus) / len(mfus) if mfus else math.nan,
             "peak_flops": trainer.loop.peak_flops, "peak_dtype": "bf16" if trainer.cfg.bf16 else "fp32",
-            "model_flops_per_token": trainer.loop.flops_per_token, "corpus": corpus.describe()}
+            "model_flops_per_token": trainer.loop.flops_per_token, "corpus": corpus.describe(),
+            "world_bytes": len(world), "world_share": len(world) / (len(world) + len(corpus.train))}
 
 
 def long_context(ctx) -> dict:
@@ -146,8 +165,7 @@ def evaluate(ctx) -> dict:
         lm = model if model.config.max_position_embeddings >= long_ else extend_context(model, long_, None)
         row = {"stage": stage.name, "val_bpb": s["bpb"], "long_bpb": heldout(lm, val, long_, ev["windows"])["bpb"],
                "moe_maxvio": s["maxvio"], "mtp_acceptance": mtp_acceptance(model, prompts, ev["mtp_new_tokens"])}
-        if stage.evaluate is not None:  # post-training stages add their reasoning metrics
-            row |= stage.evaluate(model, ctx)
+        row |= reasoning_metrics(ctx, model)
         rows.append(row)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     (ctx.stage_dir("evaluate") / "table.json").write_text(json.dumps({"columns": columns, "rows": rows}, indent=1))
@@ -211,3 +229,115 @@ def samples(ctx, model: CausalLM, n_tokens: int) -> dict:
 def stage_records(ctx, name: str) -> list[dict]:
     path = Path(ctx.stage_dir(name)) / "metrics.jsonl"
     return read_metrics(path) if path.is_file() else []
+
+
+# --- post-training: chapter 09's R1 stages (dslearn.rl.recipe) on the long-context model ----------------------
+# The pretraining corpus mixes chapter 09's world (worked additions in two languages, the chat template) into
+# the Python text, so the base has met the task; these stages then follow R1 §2.3 in order.
+def _load(ctx, stage: str) -> CausalLM:
+    return load_model_from_checkpoint(ctx.stage_dir(stage), device=ctx.device).train()
+
+
+def heldout_problems(ctx) -> list:
+    """The held-out problems every checkpoint is scored on (the split chapter 09 holds out, by the sum's hash)."""
+    pt = ctx.plan["post_training"]
+    return mixed_problems(pt["eval"]["n_per_level"], pt["levels"], LANGUAGES, "held_out", seed=1)
+
+
+def _sft_cfg(ctx, s: dict) -> TrainConfig:
+    return recipe.sft_config(steps=s["steps"], batch_size=s["batch_size"], seq_len=s["seq_len"], lr=s["lr"],
+                             warmup_steps=s["warmup_steps"], checkpoint_every=s["checkpoint_every"],
+                             seed=ctx.plan["seed"], device=ctx.device, progress=ctx.progress,
+                             bf16=str(ctx.device).startswith("cuda"))
+
+
+def _sft_summary(records: list[dict], extra: dict) -> dict:
+    losses = [r["loss"] for r in records if r["kind"] == "train"]
+    return {"steps": len(losses), "loss_first": losses[0] if losses else math.nan,
+            "loss_last": losses[-1] if losses else math.nan, **extra}
+
+
+def cold_start_sft(ctx) -> dict:
+    """R1 §2.3.1: SFT of the long-context model on readable, correct worked solutions (the loss on the prompt
+    masked), so that RL starts from a policy that already writes the template."""
+    pt, c = ctx.plan["post_training"], ctx.plan["post_training"]["cold_start"]
+    pairs = recipe.cold_start_data(c["n"], seed=ctx.plan["seed"], levels=tuple(pt["levels"]))
+    _, records = recipe.cold_start_sft(_load(ctx, "long_context"), pairs, _sft_cfg(ctx, c),
+                                       run_dir=ctx.stage_dir("cold_start_sft"))
+    return _sft_summary(records, {"pairs": len(pairs)})
+
+
+def _rl(ctx, name: str, start: str, r: dict, seed: int) -> dict:
+    pt = ctx.plan["post_training"]
+    cfg = recipe.rl_config(steps=r["steps"], prompts_per_step=r["prompts_per_step"], group_size=r["group_size"],
+                           max_new_tokens=pt["max_new_tokens"], lr=r["lr"], eval_every=r["steps"],
+                           eval_samples=r["eval_samples"], seed=seed, progress=ctx.progress)
+    train = mixed_problems(r["n_per_level"], pt["levels"], LANGUAGES, "train", seed=seed)
+    held = mixed_problems(r["eval_n_per_level"], pt["levels"], LANGUAGES, "held_out", seed=2)
+    _, records = recipe.reasoning_rl(_load(ctx, start), cfg, lam=r["lam"], train_problems=train, eval_problems=held,
+                                     run_dir=ctx.stage_dir(name), checkpoint_every=r["checkpoint_every"])
+    train_rows = read_metrics(ctx.stage_dir(name), "train")  # every step, also those of an earlier invocation
+    evals = [x for x in read_metrics(ctx.stage_dir(name)) if x.get("kind") == "eval"]
+    n = max(1, len(train_rows) // 4)
+
+    def mean(rows, key):
+        vals = [x[key] for x in rows if key in x]
+        return sum(vals) / len(vals) if vals else math.nan
+
+    out = {"steps": len(train_rows), "lam": r["lam"], "start": start}
+    for key in ("reward", "accuracy", "format", "consistency", "response_len"):
+        out[f"{key}_first_quarter"], out[f"{key}_last_quarter"] = mean(train_rows[:n], key), mean(train_rows[-n:], key)
+    if evals:
+        out["heldout_pass@1_start"] = evals[0].get("heldout_pass@1", math.nan)
+        out["heldout_pass@1_end"] = evals[-1].get("heldout_pass@1", math.nan)
+    return out
+
+
+def reasoning_rl(ctx) -> dict:
+    """R1 §2.3.2: GRPO from the cold start; reward = accuracy + 0.1·format + λ·language consistency."""
+    return _rl(ctx, "reasoning_rl", "cold_start_sft", ctx.plan["post_training"]["reasoning_rl"], ctx.plan["seed"])
+
+
+def rejection_sampling_sft(ctx) -> dict:
+    """R1 §2.3.3: sample the RL checkpoint on training problems, keep verified, well-formed, one-language
+    answers, and fine-tune *the long-context base* (not the RL model) on them mixed with plain-text pairs."""
+    pt, rs = ctx.plan["post_training"], ctx.plan["post_training"]["rejection_sampling"]
+    path = ctx.stage_dir("rejection_sampling_sft") / "pairs.json"
+    if path.is_file():  # sampled by an earlier invocation of this stage: the SFT resumes on the same data
+        saved = json.loads(path.read_text())
+        pairs, stats = [tuple(p) for p in saved["pairs"]], saved["stats"]
+    else:
+        problems = mixed_problems(rs["n_per_level"], pt["levels"], LANGUAGES, "train", seed=ctx.plan["seed"] + 7)
+        pairs, stats = recipe.rejection_sample(_load(ctx, "reasoning_rl"), problems, rs["samples"],
+                                               seed=ctx.plan["seed"], keep_per_problem=rs["keep"],
+                                               max_new_tokens=pt["max_new_tokens"])
+        write_json_atomic(path, {"pairs": pairs, "stats": stats})
+    if not pairs and not rs["allow_empty"]:
+        raise CapstoneError(f"rejection sampling kept none of {stats['sampled']} samples (the RL checkpoint solved "
+                            "nothing verifiable); train longer (a larger budget or more RL steps) and rerun with "
+                            "--from reasoning_rl")
+    _, records = recipe.rejection_sampling_sft(_load(ctx, "long_context"), pairs, n_plain=rs["n_plain"],
+                                               cfg=_sft_cfg(ctx, rs), seed=ctx.plan["seed"], allow_empty=True,
+                                               run_dir=ctx.stage_dir("rejection_sampling_sft"))
+    return _sft_summary(records, {"plain_pairs": rs["n_plain"], **{f"rs_{k}": v for k, v in stats.items()}})
+
+
+def final_rl(ctx) -> dict:
+    """R1 §2.3.4 (its reasoning part): a second GRPO stage, from the rejection-sampling SFT model."""
+    return _rl(ctx, "final_rl", "rejection_sampling_sft", ctx.plan["post_training"]["final_rl"], ctx.plan["seed"] + 1)
+
+
+def reasoning_metrics(ctx, model: CausalLM) -> dict:
+    """pass@1 (mean of k samples at temperature 1), maj@k, greedy accuracy, format and consistency rates, self-check
+    rate and length on the held-out problems; generation stops at the checkpoint's context."""
+    ev, pt = ctx.plan["post_training"]["eval"], ctx.plan["post_training"]
+    problems = heldout_problems(ctx)
+    room = model.config.max_position_embeddings - max(len(p.prompt_ids) for p in problems)
+    if room < 1:
+        return {}
+    r = evaluate_reasoning(model, problems, ev["k"], temperature=1.0, seed=0,
+                           max_new_tokens=min(pt["max_new_tokens"], room))
+    k = ev["k"]
+    return {"pass@1": r["pass@1"], f"maj@{k}": r[f"maj@{k}"], "greedy": r["greedy"], "format": r["format"],
+            "consistency": r["consistency"], "self_check": r["self_check_rate"], "resp_len": r["response_len"],
+            **{f"pass@1_d{d}": v["pass@1"] for d, v in r["by_difficulty"].items()}}

@@ -175,11 +175,12 @@ def rejection_sample(model, problems: list[Problem], n: int, temperature: float 
 
 
 def rejection_sampling_sft(base_model, pairs, n_plain: int = 0, cfg: TrainConfig | None = None, seed: int = 0,
-                           run_dir=None):
+                           run_dir=None, allow_empty: bool = False):
     """SFT of ``base_model`` (R1 retrains from the base, not from the RL checkpoint) on the rejection-sampled
     reasoning pairs mixed with ``n_plain`` non-reasoning pairs (``world.plain_pairs``: continue a snippet
-    of the corpus, no think block)."""
-    if not pairs:
+    of the corpus, no think block). Empty ``pairs`` is an error unless ``allow_empty`` (then only the plain
+    pairs are trained on: the capstone's seconds-long test plan, whose RL checkpoint solves nothing)."""
+    if not pairs and not (allow_empty and n_plain):
         raise ValueError("pairs is empty: rejection sampling kept nothing to train on")
     data = list(pairs) + (plain_pairs(n_plain, seed=seed) if n_plain else [])
     random.Random(seed).shuffle(data)
