@@ -341,9 +341,9 @@ def cmd_capstone(args) -> int:
 
     out = args.out or ("runs/capstone-quick" if args.quick else "runs/capstone")
     try:
-        print(describe_plan(make_plan(args.quick, args.seed)) + "\n")
+        print(describe_plan(make_plan(args.quick, args.seed, args.fp8)) + "\n")
         run(out, quick=args.quick, until=args.until, from_=args.from_, device=args.device, threads=args.threads,
-            progress=not args.no_progress, seed=args.seed)
+            progress=not args.no_progress, seed=args.seed, fp8=args.fp8)
     except CapstoneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -403,6 +403,9 @@ def build_parser(training: bool = True) -> argparse.ArgumentParser:
                    help="torch threads (default: %(default)s; a model this small runs as fast on one, and steadier "
                         "on shared cores)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fp8", action="store_true",
+                   help="every linear layer, routed experts included, in FP8 with V3's tile scales (chapter 05): "
+                        "Triton kernels on a GPU, emulated (slower) on CPU")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=cmd_capstone)
     return parser

@@ -240,3 +240,22 @@ def test_rejection_sampling_that_keeps_nothing_stops_with_one_line(tmp_path):
     with pytest.raises(CapstoneError, match="rejection sampling kept none of 4 samples") as e:
         run(tmp_path / "run", progress=False, plan=plan, echo=lambda s: None, until="rejection_sampling_sft")
     assert "\n" not in str(e.value) and "--from reasoning_rl" in str(e.value)
+
+
+def test_fp8_run_pretrains_and_exports_the_unquantised_twin(tmp_path):
+    """--fp8: every linear layer (routed experts included) quantised with V3's tile scales, through pretraining
+    and the context extension (the post-training stages share their code with the default run);
+    transformers has no FP8 GEMMs, so the export is the same weights at full precision, checked as usual."""
+    pytest.importorskip("transformers", reason="the export stage checks the folder with transformers")
+    from dslearn.capstone import stages
+    from dslearn.capstone.pipeline import Context
+
+    plan = tiny_plan()
+    plan["model"]["linear_impl"] = "fp8"
+    run(tmp_path / "run", progress=False, plan=plan, echo=lambda s: None, until="long_context")
+    ex = stages.export(Context(tmp_path / "run", plan, progress=False))  # the newest checkpoint: long_context's
+    assert ex["stage"] == "long_context"
+    assert ex["max_abs_logit_diff"] <= 1e-4 and ex["greedy_equal"] == ex["prompts"]
+    assert 0 < ex["fp8_vs_full_precision_max_abs_logit_diff"] < 1.0  # quantisation moves the logits, a little
+    meta = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert meta["model"]["linear_impl"] == "fp8"

@@ -83,9 +83,9 @@ def stage_names() -> list[str]:
 
 
 # --- the plan -----------------------------------------------------------------------------------------------
-def make_plan(quick: bool = False, seed: int = 0) -> dict:
+def make_plan(quick: bool = False, seed: int = 0, fp8: bool = False) -> dict:
     """Every number of a run. The model and the pretraining budget come from the sizing derivation; the
-    schedule's proportions from V3's token counts."""
+    schedule's proportions from V3's token counts. ``fp8``: every linear layer in FP8 (``linear_impl="fp8"``)."""
     C = QUICK_BUDGET if quick else DEFAULT_BUDGET
     size = size_for_budget(C)
     steps, batch, seq = size["steps"], size["batch_size"], size["seq_len"]
@@ -94,7 +94,8 @@ def make_plan(quick: bool = False, seed: int = 0) -> dict:
         fields = get_preset("mini-v3").to_dict()  # the preset is the default run's model
     model = ModelConfig.from_dict(fields).replace(
         bias_update_until=round(steps * (1 - V3_GAMMA_ZERO_TOKENS / V3_TOTAL_TOKENS)),
-        mtp_weight_switch_step=round(steps * V3_LAMBDA_SWITCH_TOKENS / V3_TOTAL_TOKENS))
+        mtp_weight_switch_step=round(steps * V3_LAMBDA_SWITCH_TOKENS / V3_TOTAL_TOKENS),
+        linear_impl="fp8" if fp8 else "torch")
     pretrain = dict(steps=steps, batch_size=batch, seq_len=seq, grad_accum_steps=2, lr=size["lr"],
                     warmup_steps=max(10, round(steps * V3_WARMUP_FRACTION)), schedule="v3", seed=seed,
                     batch_ramp_start=max(2, batch // 2 // 2 * 2),
@@ -130,12 +131,12 @@ def make_plan(quick: bool = False, seed: int = 0) -> dict:
             "report": dict(sample_tokens=48 if quick else 120)}
 
 
-def reduced_plan(seq_len: int = 32, steps: int = 12, long_steps: int = 4, seed: int = 0) -> dict:
+def reduced_plan(seq_len: int = 32, steps: int = 12, long_steps: int = 4, seed: int = 0, fp8: bool = False) -> dict:
     """The --quick plan shrunk to seconds (the tests and the notebook's live run): the same model and stages at a
     context of ``seq_len`` (extended by YaRN to ≥ 160, chapter 09's longest pair), ``steps`` pretraining steps,
     ``long_steps`` at the long
     context. Its numbers show that every stage runs, not what the model learns."""
-    plan = make_plan(quick=True, seed=seed)
+    plan = make_plan(quick=True, seed=seed, fp8=fp8)
     plan["model"] = ModelConfig.from_dict(plan["model"]).replace(
         max_position_embeddings=seq_len, bias_update_until=round(steps * (1 - V3_GAMMA_ZERO_TOKENS / V3_TOTAL_TOKENS)),
         mtp_weight_switch_step=round(steps * V3_LAMBDA_SWITCH_TOKENS / V3_TOTAL_TOKENS)).to_dict()
@@ -202,10 +203,10 @@ def _check_plan(out: Path, plan: dict) -> None:
 
 def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | None = None,
         from_: str | None = None, device: str = "cpu", threads: int | None = None, progress: bool = True,
-        seed: int = 0, echo: Callable[[str], None] = print, plan: dict | None = None) -> dict:
+        seed: int = 0, echo: Callable[[str], None] = print, plan: dict | None = None, fp8: bool = False) -> dict:
     """Run the pipeline into ``out``: every stage not yet done, up to ``until``; ``from_`` reruns that stage and
     all after it. Returns {stage: summary}. Raises CapstoneError (one line) for bad input. ``plan`` replaces
-    ``make_plan(quick, seed)`` (the tests run a reduced one)."""
+    ``make_plan(quick, seed, fp8)`` (the tests run a reduced one)."""
     names = stage_names()
     for flag, value in (("--until", until), ("--from", from_)):
         if value is not None and value not in names:
@@ -219,7 +220,7 @@ def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | Non
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CapstoneError(f"--out {out} is a file, not a directory")
-    plan = plan or make_plan(quick, seed)
+    plan = plan or make_plan(quick, seed, fp8)
     _check_plan(out, plan)
     ctx = Context(out, plan, device, progress)
     if from_ is not None:

@@ -184,6 +184,14 @@ def export(ctx) -> dict:
     ex = ctx.plan["export"]
     final = ctx.training_stages()[-1].name
     model = load_model_from_checkpoint(ctx.stage_dir(final)).float().eval()
+    fp8_diff = math.nan
+    if model.config.linear_impl != "torch":  # transformers has no FP8 GEMMs: export the same weights, unquantised
+        full = with_config(model, linear_impl="torch").eval()
+        T = min(model.config.max_position_embeddings, 256)
+        x = torch.tensor([list(load_corpus().val[:T])])
+        with torch.no_grad():
+            fp8_diff = (model(x).logits - full(x).logits).abs().max().item()
+        model = full
     path = to_hf(model, ctx.stage_dir("export") / "hf")
     transformers.logging.set_verbosity_error()  # it lists the MTP layer's keys, which DeepseekV3 does not build
     theirs = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -203,6 +211,7 @@ def export(ctx) -> dict:
         hf.append(out[0, len(p):].tolist())
     same = [a == b for a, b in zip(ours, hf)]
     summary = {"stage": final, "path": str(path), "architecture": type(theirs).__name__, "max_abs_logit_diff": diff,
+               "fp8_vs_full_precision_max_abs_logit_diff": fp8_diff,
                "prompts": len(prompts), "greedy_equal": sum(same), "new_tokens": ex["new_tokens"],
                "samples": [bytes(p + t).decode("utf-8", "replace") for p, t in zip(prompts, ours)]}
     if diff > ex["atol"] or not all(same):
