@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,20 @@ def start_helper_and_return(rank, world_size, pid_file):
 
 def start_helper_and_hang(rank, world_size, pid_file):
     start_helper_and_return(rank, world_size, pid_file)
+    time.sleep(300)
+
+
+def start_marked_helper_and_hang(rank, world_size, pid_dir, marker, keep_pdeathsig=True):
+    """Start a long-sleeping helper whose argv carries ``marker``, record both pids, then hang. Without
+    ``keep_pdeathsig`` the rank first clears Linux's parent-death signal, as on a system that has none."""
+    if not keep_pdeathsig:
+        import ctypes
+
+        assert ctypes.CDLL(None).prctl(1, 0, 0, 0, 0) == 0  # PR_SET_PDEATHSIG, 0: no signal
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", marker])
+    tmp = Path(pid_dir) / f".rank{rank}"
+    tmp.write_text(f"{os.getpid()} {helper.pid}")
+    tmp.rename(Path(pid_dir) / f"rank{rank}")  # atomic: the test never reads half a file
     time.sleep(300)
 
 
@@ -130,6 +145,73 @@ def test_workers_die_with_a_sigkilled_launcher(tmp_path):
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def _marked(pid: int, marker: str) -> bool:
+    """Is ``pid`` a live (not zombie) process that carries ``marker`` in its argv or environment? A pid the
+    kernel reused for something else does not count."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        ident = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return state not in ("Z", "X") and marker.encode() in ident
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+@pytest.mark.parametrize("pdeathsig", ["kept", "cleared"])
+def test_nothing_a_rank_started_outlives_a_sigkilled_launcher(tmp_path, pdeathsig):
+    """SIGKILL the launching process: within seconds no rank and no process a rank started remains, also
+    when the ranks do not have Linux's parent-death signal (the reaper alone must do it)."""
+    marker = f"dslearn-orphan-test-{uuid.uuid4().hex}"
+    code = ("import sys; sys.path[:0] = [sys.argv[3], sys.argv[4]]; import test_launcher as t; "
+            "from dslearn.parallel.launcher import launch; "
+            "launch(t.start_marked_helper_and_hang, 2, args=(sys.argv[1], sys.argv[2], sys.argv[5] == 'kept'), "
+            "timeout=300)")
+    env = {**os.environ, "DSLEARN_TEST_MARKER": marker}  # inherited by the ranks, whose argv we do not choose
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), marker, str(REPO), str(REPO / "tests"),
+                             pdeathsig], env=env)
+    files = [tmp_path / f"rank{r}" for r in range(2)]
+    pids: list[int] = []
+    try:
+        end = time.monotonic() + 180
+        while time.monotonic() < end and not all(f.exists() for f in files) and proc.poll() is None:
+            time.sleep(0.1)
+        assert all(f.exists() for f in files), f"the ranks never started their helpers (launcher rc {proc.poll()})"
+        pids = [int(x) for f in files for x in f.read_text().split()]  # rank 0, helper 0, rank 1, helper 1
+        assert all(_marked(pid, marker) for pid in pids), "a rank or helper was not running before the kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        end = time.monotonic() + 30  # generous: the machine is shared
+        while time.monotonic() < end and any(_marked(pid, marker) for pid in pids):
+            time.sleep(0.1)
+        left = [pid for pid in pids if _marked(pid, marker)]
+        assert left == [], f"process(es) {left} (rank, helper, rank, helper: {pids}) outlived the SIGKILLed launcher"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in pids:
+            if _marked(pid, marker):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_the_reaper_exits_without_killing_when_launch_ends(monkeypatch):
+    """Whether launch returns or raises, it reaps its workers itself and tells the reaper so: the reaper
+    exits 0 at once (its kill path is only for a launching process that died) and is not left running."""
+    reapers = []
+
+    class Recorded(launcher._Reaper):
+        def __init__(self):
+            super().__init__()
+            reapers.append(self.proc)
+
+    monkeypatch.setattr(launcher, "_Reaper", Recorded)
+    assert launch(all_reduce_rank, 2, args=(0,), timeout=60) == [2.0, 2.0]
+    with pytest.raises(WorkerError):
+        launch(leave_early, 2, timeout=20)
+    assert [r.returncode for r in reapers] == [0, 0]
 
 
 def test_the_rank_that_returned_early_is_named():

@@ -21,9 +21,16 @@ named as the cause when they then fail or hang. If nothing has finished after ``
 every worker is killed and ``WorkerError`` names the ranks still running. Collectives inside the
 workers time out 5 s later, so a rank stuck in a receive gives up by itself even if its parent is gone.
 
-No child outlives ``launch``: each worker leads its own process group (its helper processes are
-killed with it when ``launch`` ends, however it ends) and gets SIGKILL from the kernel if the
-launching process dies (Linux ``PR_SET_PDEATHSIG``), even by SIGKILL. No temporary files are used.
+No child outlives ``launch``, nor the launching process: each worker leads its own process group, so
+the helper processes it starts (a subprocess, a worker pool) are killed with it. When ``launch`` ends,
+however it ends, it kills every worker's group itself. For the case where it cannot, because the
+launching process died (even by SIGKILL, e.g. a Jupyter kernel restart), a *reaper* watches: a tiny
+Python process (no torch) in its own session that holds the read end of a pipe only the launching
+process writes to, learns each worker's pid through it, and on end-of-file without a final ``done``
+SIGKILLs every worker's process group. This needs only POSIX (pipes, sessions, ``killpg``); on Linux
+each worker also gets SIGKILL from the kernel when its parent dies (``PR_SET_PDEATHSIG``), in case the
+reaper was killed too. Not covered: a helper that leaves its worker's process group (``setsid``,
+``start_new_session=True``), which opts out of this bookkeeping. No temporary files are used.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import os
 import pickle
 import signal
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -54,6 +62,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_REAPER = """
+import os, signal, sys
+pids = []
+for line in sys.stdin:
+    if line.strip() == "done":
+        sys.exit(0)
+    pids.append(int(line))
+for pid in pids:
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+class _Reaper:
+    """Kills every worker's process group if the launching process dies before ``launch`` could.
+
+    A ``python -I -S -c`` process in its own session (so a Ctrl-C or a kill of the launching process's group
+    does not reach it) reads worker pids from its stdin, a pipe whose write end only this process holds
+    (non-inheritable, so workers do not keep it open). ``close()`` writes ``done``: the reaper exits
+    without killing anything. End-of-file without ``done`` (this process died) makes it SIGKILL each
+    worker's group and, for a worker that had not made its group yet, the worker itself."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _REAPER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, start_new_session=True)
+
+    def watch(self, pid: int) -> None:
+        try:
+            self.proc.stdin.write(f"{pid}\n".encode())
+            self.proc.stdin.flush()
+        except OSError:  # the reaper is gone (someone killed it): launch still reaps on its own
+            pass
+
+    def close(self, done: bool = True) -> None:
+        """``done``: every worker is reaped, exit quietly; else kill what is registered, then exit."""
+        if done:
+            try:
+                self.proc.stdin.write(b"done\n")
+            except OSError:  # the reaper is already gone
+                pass
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def _die_with_parent(parent: int) -> None:
     """SIGKILL this process when the launching process dies (Linux); a parent already gone: exit now."""
     if sys.platform.startswith("linux"):
@@ -70,11 +132,11 @@ def _die_with_parent(parent: int) -> None:
 
 def _worker(rank: int, world_size: int, port: int, conn, parent: int, timeout: float, backend: str, fn,
             args) -> None:
-    _die_with_parent(parent)
     try:
-        os.setpgid(0, 0)  # its own group: launch kills it together with any helper it started
+        os.setpgid(0, 0)  # its own group: launch (or the reaper) kills it together with any helper it started
     except OSError:
         pass
+    _die_with_parent(parent)  # after setpgid: once past this check, the reaper's killpg finds the group
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo0" if sys.platform == "darwin" else "lo")
     import torch
     import torch.distributed as dist
@@ -139,9 +201,11 @@ def launch(fn, world_size: int, args: tuple = (), timeout: float = 60.0, backend
             except (EOFError, OSError):
                 pass
 
+    reaper = _Reaper()
     try:
         for p in procs:
             p.start()
+            reaper.watch(p.pid)
         for _, send in pipes:
             send.close()  # the parent's copy: EOF once the worker is gone
         deadline = time.monotonic() + timeout
@@ -167,7 +231,12 @@ def launch(fn, world_size: int, args: tuple = (), timeout: float = 60.0, backend
             time.sleep(0.02)
         drain()
     finally:
-        _stop(procs)
+        try:
+            _stop(procs)
+        except BaseException:  # interrupted while stopping: let the reaper kill whatever is left
+            reaper.close(done=False)
+            raise
+        reaper.close()
         for recv, _ in pipes:
             recv.close()
         del store
