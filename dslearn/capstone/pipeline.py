@@ -116,8 +116,9 @@ def make_plan(quick: bool = False, seed: int = 0, fp8: bool = False) -> dict:
     post = {"levels": [2, 3, 4], "max_new_tokens": 140,  # the annotator's longest worked solution is 130 tokens
             "cold_start": sft | dict(n=600, steps=40 if quick else 150, checkpoint_every=10 if quick else 25),
             "reasoning_rl": rl | dict(steps=3 if quick else 12, checkpoint_every=1 if quick else 4),
+            # --quick pretrains too little to solve anything: its rejection-sampling SFT may see plain text only
             "rejection_sampling": sft | dict(n_per_level=5 if quick else 25, samples=4, keep=2, n_plain=60,
-                                             allow_empty=False, steps=40 if quick else 150,
+                                             allow_empty=quick, steps=40 if quick else 150,
                                              checkpoint_every=10 if quick else 25),
             "final_rl": rl | dict(steps=2 if quick else 8, checkpoint_every=1 if quick else 4),
             "eval": dict(n_per_level=3 if quick else 10, k=4)}

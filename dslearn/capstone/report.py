@@ -177,7 +177,9 @@ def _post_training(ctx, s: dict) -> list[str]:
           f"{rs.get('rs_correct')} correct, "
           f"{rs.get('rs_kept')} kept (verified, well-formed, one language; ≤ 2 per problem) from "
           f"{rs.get('rs_problems_kept')} problems, trained on with {rs.get('plain_pairs')} plain-text pairs, starting "
-          "from the long-context base as R1 does.", "", "![rl](report/rl.png)", "",
+          "from the long-context base as R1 does."
+          + (" With nothing kept, that SFT saw plain text only: this run's RL checkpoint solved no training problem."
+             if not rs.get("rs_kept") else ""), "", "![rl](report/rl.png)", "",
           "Greedy answers to held-out problems before (long_context) and after (final_rl) post-training:", ""]
     problems = st.heldout_problems(ctx)
     chosen = [problems[i] for i in sorted({0, len(problems) // 3, 2 * len(problems) // 3, len(problems) - 1})]
