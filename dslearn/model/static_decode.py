@@ -48,7 +48,8 @@ import torch
 
 # Inductor options of the compiled step: batch-1 products as streaming multiply-reduce loops (see above).
 COMPILE_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
-_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → {(compile, backend, kind, dtype, device): DecodeStep}
+# model → {(compile, backend, kind, dtype, device): DecodeStep}
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def compile_available() -> bool:
