@@ -1,7 +1,7 @@
 """Plain cached greedy decoding vs self-speculative greedy decoding (MTP drafts, one verify pass), batch 1.
 
     python bench/mtp_decode.py [--model experiments/mtp/model_d1] [--train-steps 300] [--prompts 8]
-                               [--new-tokens 128] [--reps 3] [--threads 1]
+                               [--new-tokens 128] [--reps 3] [--threads 1] [--decode compiled]
 
 One run, one model, the same held-out prompts: tokens/s of both decoders and their ratio, the acceptance
 rate α of the drafted token, the tokens per verify step measured against ``expected_tokens_per_step(α)``
@@ -14,6 +14,11 @@ is printed next to the measured ratio. The model is the chapter's trained D = 1 
 exists (written by ``dslearn.export.to_hf``), otherwise a small D = 1 model trained here for
 ``--train-steps`` steps on the embedded corpus, so the bench always runs. Both decoders must produce the
 same tokens (checked). Rounds alternate between them so machine noise hits both alike; medians reported.
+
+``--decode static|compiled`` (default compiled; "none" skips it) also times speculative decoding on the fast
+path (``speculative_generate(decode=...)``: verify and draft passes as static-shape steps, compiled by
+torch.compile) in the same rounds, after one untimed warm-up pass that compiles its graphs, checks it gives the
+eager tokens, and prints its ratio to the eager speculative decoder and to plain decoding.
 """
 
 from __future__ import annotations
@@ -114,6 +119,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--decode", default="compiled", choices=["static", "compiled", "none"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     corpus = load_corpus()
@@ -130,11 +136,17 @@ def main() -> None:
           f"attention {cfg.attention_type}; torch threads {torch.get_num_threads()}; {args.prompts} held-out prompts "
           f"of {args.prompt_len} bytes, {args.new_tokens} new tokens each, batch 1, greedy\n")
 
-    times = {"plain": [], "spec": []}
+    fast = None if args.decode == "none" else args.decode
+    times = {"plain": [], "spec": [], "fast": []}
     results = []
-    same = True
+    same = same_fast = True
+    if fast:  # warm-up: compile the verify and draft graphs (not timed)
+        t0 = time.perf_counter()
+        for prompt in prompts:
+            speculative_generate(model, prompt, args.new_tokens, decode=fast)
+        print(f"warm-up of the {fast} speculative path (compiling its graphs): {time.perf_counter() - t0:.1f} s")
     for _ in range(args.reps):
-        t_plain = t_spec = 0.0
+        t_plain = t_spec = t_fast = 0.0
         results = []
         for prompt in prompts:
             t0 = time.perf_counter()
@@ -145,8 +157,13 @@ def main() -> None:
             t_plain, t_spec = t_plain + t1 - t0, t_spec + t2 - t1
             same &= spec.tokens == plain
             results.append(spec)
+            if fast:
+                t3 = time.perf_counter()
+                same_fast &= speculative_generate(model, prompt, args.new_tokens, decode=fast).tokens == spec.tokens
+                t_fast += time.perf_counter() - t3
         times["plain"].append(t_plain)
         times["spec"].append(t_spec)
+        times["fast"].append(t_fast)
     n_tokens = args.prompts * args.new_tokens
     plain_tps, spec_tps = n_tokens / statistics.median(times["plain"]), n_tokens / statistics.median(times["spec"])
     drafted, accepted = sum(r.drafted for r in results), sum(r.accepted for r in results)
@@ -157,7 +174,13 @@ def main() -> None:
     print(f"{'decoder':<22} {'tokens/s':>9}")
     print(f"{'plain cached greedy':<22} {plain_tps:>9,.0f}")
     print(f"{'self-speculative':<22} {spec_tps:>9,.0f}")
-    print(f"RATIO (speculative / plain tokens/s): {spec_tps / plain_tps:.2f}×   same tokens: {same}\n")
+    print(f"RATIO (speculative / plain tokens/s): {spec_tps / plain_tps:.2f}×   same tokens: {same}")
+    if fast:
+        fast_tps = n_tokens / statistics.median(times["fast"])
+        print(f"{'speculative, ' + fast:<22} {fast_tps:>9,.0f}")
+        print(f"RATIO ({fast} / eager speculative tokens/s): {fast_tps / spec_tps:.2f}×, ({fast} speculative / plain "
+              f"eager): {fast_tps / plain_tps:.2f}×   same tokens as eager speculative: {same_fast}")
+    print()
     print(f"acceptance rate of the drafted token α = {accepted}/{drafted} = {alpha:.3f}")
     print(f"tokens per verify step: measured {per_step:.3f}, model expected_tokens_per_step(α) = {expected:.3f}")
     agree, correct = teacher_forced_agreement(model, val)

@@ -5,6 +5,9 @@
 Each measurement runs the trainer's own step (forward, backward, clipping, AdamW) on real corpus
 batches after two warm-up steps. Rounds alternate fp32 and bf16 so machine noise hits both alike;
 the median round is reported.
+
+MFU (``dslearn/train/mfu.py``, what every ``Trainer`` run logs): model FLOPs per token × tokens/s over the
+matmul peak measured in this same process — fp32 rows against the fp32 peak, bf16 rows against the bf16 peak.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dslearn.config import get_preset
 from dslearn.data import TokenStream, load_corpus
 from dslearn.model import CausalLM
 from dslearn.train import TrainConfig, Trainer
+from dslearn.train.mfu import matmul_peak, mfu, model_flops_per_token
 
 
 def tokens_per_s(preset: str, bf16: bool, steps: int, batch_size: int, train: TokenStream) -> float:
@@ -26,12 +30,10 @@ def tokens_per_s(preset: str, bf16: bool, steps: int, batch_size: int, train: To
     trainer = Trainer(CausalLM(cfg), TrainConfig(steps=steps + 2, batch_size=batch_size, bf16=bf16,
                                                  warmup_steps=0, progress=False), train)
     for _ in range(2):  # warm-up: allocator, autocast caches
-        trainer._train_step()
-        trainer.step += 1
+        trainer.loop.run_step(trainer.step_function)  # the step fit() runs (it moves the counter on)
     t0 = time.perf_counter()
     for _ in range(steps):
-        trainer._train_step()
-        trainer.step += 1
+        trainer.loop.run_step(trainer.step_function)
     return steps * batch_size * cfg.max_position_embeddings / (time.perf_counter() - t0)
 
 
@@ -43,8 +45,11 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args()
     train = TokenStream(load_corpus().train)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size} sequences\n")
-    print(f"{'preset':>8} {'params':>10} {'seq':>5} {'fp32 tok/s':>11} {'bf16 tok/s':>11} {'bf16/fp32':>10}")
+    peak = {False: matmul_peak("fp32"), True: matmul_peak("bf16")}  # once per process, as the Trainer measures it
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size} sequences; "
+          f"matmul peak {peak[False] / 1e9:.1f} GFLOP/s fp32, {peak[True] / 1e9:.1f} bf16\n")
+    print(f"{'preset':>8} {'params':>10} {'seq':>5} {'fp32 tok/s':>11} {'bf16 tok/s':>11} {'bf16/fp32':>10} "
+          f"{'fp32 MFU':>9} {'bf16 MFU':>9}")
     for preset in args.presets:
         runs = {False: [], True: []}
         for _ in range(args.reps):
@@ -53,8 +58,9 @@ def main() -> None:
         fp32, bf16 = statistics.median(runs[False]), statistics.median(runs[True])
         cfg = get_preset(preset)
         n = CausalLM(cfg).num_parameters()
+        flops = model_flops_per_token(cfg, cfg.max_position_embeddings)
         print(f"{preset:>8} {n:>10,} {cfg.max_position_embeddings:>5} {fp32:>11,.0f} {bf16:>11,.0f} "
-              f"{bf16 / fp32:>9.2f}×")
+              f"{bf16 / fp32:>9.2f}× {mfu(flops, fp32, peak[False]):>9.1%} {mfu(flops, bf16, peak[True]):>9.1%}")
 
 
 if __name__ == "__main__":

@@ -294,6 +294,11 @@ def cmd_check(args) -> int:
     return 0 if ok else 1
 
 
+def _pct(mfu: float) -> str:
+    """Model FLOPs utilisation (train/mfu.py: against a matmul peak measured in this process) as a percentage."""
+    return f"{100 * mfu:.2f}%" if math.isfinite(mfu) else "n/a"
+
+
 def cmd_train(args) -> int:
     _, _, result, seconds = _run_training(args, Path(args.out), resume=not args.no_resume)
     if not result.losses:  # the run had already finished: nothing trained, no throughput to report
@@ -301,7 +306,7 @@ def cmd_train(args) -> int:
               f"validation {result.final_val_bpb:.3f} bits/byte")
         return 0
     print(f"done: step {result.steps_done}, validation {result.final_val_bpb:.3f} bits/byte, "
-          f"{result.tokens_per_s:,.0f} tokens/s, {seconds:.0f} s. Run directory: {args.out}")
+          f"{result.tokens_per_s:,.0f} tokens/s, MFU {_pct(result.mfu)}, {seconds:.0f} s. Run directory: {args.out}")
     return 0
 
 
@@ -327,7 +332,8 @@ def cmd_tour(args) -> int:
     print("dslearn tour: train the tiny DeepSeek-LLM baseline on the Python standard library.\n")
     model, tcfg, result, seconds = _run_training(args, run_dir, resume=False)
     first, last = result.losses[0], sum(result.losses[-10:]) / min(10, len(result.losses))
-    print(f"\ntrained {result.steps_done} steps in {seconds:.0f} s ({result.tokens_per_s:,.0f} tokens/s)")
+    print(f"\ntrained {result.steps_done} steps in {seconds:.0f} s ({result.tokens_per_s:,.0f} tokens/s, "
+          f"MFU {_pct(result.mfu)})")
     print(f"training loss: {first:.3f} → {last:.3f} nats/byte (uniform guess: ln 256 = {math.log(256):.3f})")
     print(f"validation: {result.final_val_bpb:.3f} bits per byte (uniform guess: 8.000)")
     print("\nsample (temperature 0.8, top-k 40):\n" + "-" * 60)

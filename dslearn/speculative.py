@@ -47,6 +47,15 @@ against the exact distribution on a vocabulary of 8).
     P^k (draft distribution q)         model.mtp.logits(k, h^k, model.lm_head)
     roll back                          DecodeState.truncate(length) → KVCache / LatentKVCache.truncate
     α, E[tokens per verify step]       SpeculativeResult.acceptance_rate, expected_tokens_per_step(α, D)
+
+The fast path (``decode=``, as in ``generate``). "eager", the default, is the reference above: growing
+``DecodeState``s, the model's forward called directly. "static" runs the same passes on ``StaticDecodeState``s
+(fixed shapes, ``dslearn.model.static_decode``): the verify pass as ``decode_step(model, kind="verify")``, each
+depth's drafting as ``decode_step(model, kind="draft")``, roll-back by the same ``truncate``; "compiled" compiles
+those steps with torch.compile — at most D+1 verify graphs (m+1 positions) and a few draft graphs per depth (its
+chunk is 1 + the drafts just accepted + k − 1 positions); the prefills stay eager, their shapes follow the
+prompt. Same tokens as "eager" (tested in float64: greedy, seeded sampling, MLA naive and absorbed, MoE); in
+float32 the summation order differs, as in ``generate``'s static path, so ties at ~1e-7 may flip.
 """
 
 from __future__ import annotations
@@ -55,7 +64,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .generate import check_generation_args, filter_logits
+from .generate import CACHE_BUCKET, check_generation_args, filter_logits
+from .model.static_decode import decode_step
 
 
 @dataclass
@@ -97,11 +107,13 @@ def _probs(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch
 
 @torch.no_grad()
 def speculative_generate(model, prompt: list[int], max_new_tokens: int, temperature: float = 0.0,
-                         top_k: int | None = None, generator: torch.Generator | None = None) -> SpeculativeResult:
+                         top_k: int | None = None, generator: torch.Generator | None = None,
+                         decode: str = "eager") -> SpeculativeResult:
     """Generate ``max_new_tokens`` tokens after ``prompt`` (one sequence, a list of token ids), drafting with
     ``model.mtp`` (every depth of it) and verifying with the main model. ``temperature=0`` is greedy and gives
     the tokens of ``generate(model, [prompt], max_new_tokens, temperature=0)``; otherwise the tokens are
-    distributed as that call's with the same ``temperature`` and ``top_k`` (the random draws differ)."""
+    distributed as that call's with the same ``temperature`` and ``top_k`` (the random draws differ).
+    ``decode``: "eager" (the reference), "static" or "compiled" (module docstring); the same tokens either way."""
     if getattr(model, "mtp", None) is None:
         raise ValueError("speculative_generate needs a model with multi-token prediction modules "
                          "(config.num_nextn_predict_layers >= 1); this model has none")
@@ -111,12 +123,18 @@ def speculative_generate(model, prompt: list[int], max_new_tokens: int, temperat
         if len(prompt) != 1:
             raise ValueError(f"speculative_generate decodes one sequence (batch 1); got {len(prompt)} prompts")
         prompt = prompt[0]
-    check_generation_args([prompt], max_new_tokens, temperature, top_k, None, model.config.max_position_embeddings)
+    check_generation_args([prompt], max_new_tokens, temperature, top_k, None, model.config.max_position_embeddings,
+                          decode=decode)
     greedy = temperature == 0
     D, mtp, embed = len(model.mtp), model.mtp, model.model.embed_tokens
     p = model.lm_head.weight
     device, dtype = p.device, p.dtype
     P, max_len = len(prompt), len(prompt) + max_new_tokens
+    static = decode != "eager"
+    if static:  # the cache length in buckets, so that calls with other lengths reuse the compiled graphs
+        max_len = -(-max_len // CACHE_BUCKET) * CACHE_BUCKET
+        verify_step = decode_step(model, decode == "compiled", kind="verify")
+        draft_step = decode_step(model, decode == "compiled", kind="draft")
 
     def ids(tokens: list[int]) -> torch.Tensor:
         return torch.tensor([tokens], dtype=torch.long, device=device)  # (1, T)
@@ -124,11 +142,27 @@ def speculative_generate(model, prompt: list[int], max_new_tokens: int, temperat
     def sample(probs: torch.Tensor) -> int:
         return int(torch.multinomial(probs, 1, generator=generator))
 
+    def verify(tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The main model over ``tokens`` continuing its cache: logits (1, T, V), hidden states h^0 (1, T, d)."""
+        if static:
+            return verify_step(ids(tokens), state)
+        out = model(ids(tokens), state=state, return_hidden=True)
+        return out.logits, out.hidden
+
+    def draft(k: int, h_prev: torch.Tensor, tokens: list[int], st) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depth k over a chunk continuing its cache ``st``: h^k (1, T', d), its logits at the last position (V,).
+        A depth's first chunk (its prefill, as long as the prompt) runs eagerly on the static path too."""
+        if static and st.length > 0:
+            h, logits = draft_step(ids(tokens), st, k, h_prev)
+            return h, logits[0]
+        h = mtp.draft(k, h_prev, embed(ids(tokens)), st, model.prepare)  # (1, T', d)
+        return h, mtp.logits(k, h[0, -1], model.lm_head)
+
     was_training = model.training
     model.eval()
     try:
-        state = model.new_decode_state(1, max_len)
-        states = mtp.new_decode_state(1, max_len)
+        state = model.new_decode_state(1, max_len, static=static)
+        states = mtp.new_decode_state(1, max_len, static=static)
         # hs[k][:, i] = h_i^k, the input depth k+1 reads at position i (k = 0: the main model's states)
         hs = [torch.zeros(1, max_len, model.config.hidden_size, dtype=dtype, device=device) for _ in range(D)]
         result = SpeculativeResult(tokens=[])
@@ -145,20 +179,19 @@ def speculative_generate(model, prompt: list[int], max_new_tokens: int, temperat
             for k in range(1, m + 1):
                 st, lo = states[k - 1], states[k - 1].length
                 known = seq + drafts  # x_{i+k} for the positions below (drafts past x_n)
-                h = mtp.draft(k, hs[k - 1][:, lo:n], embed(ids(known[lo + k:n + k])), st, model.prepare)  # (1, n−lo, d)
+                h, logits = draft(k, hs[k - 1][:, lo:n], known[lo + k:n + k], st)  # (1, n−lo, d); (V,): x_{n+k}
                 if k < D:
                     hs[k][:, lo:n] = h
                 st.truncate(max(0, n + 1 - k))  # keep the positions whose token x_{i+k} is verified
-                logits = mtp.logits(k, h[0, -1], model.lm_head)  # (V,): depth k's guess for x_{n+k}
                 if greedy:
                     drafts.append(int(logits.argmax()))
                 else:
                     qs.append(_probs(logits, temperature, top_k))
                     drafts.append(sample(qs[-1]))
             # 3. verify: one main forward over [x_n, d_1..d_m] → its distribution for x_{n+1}..x_{n+m+1}
-            out = model(ids([seq[n]] + drafts), state=state, return_hidden=True)
-            hs[0][:, n:n + m + 1] = out.hidden
-            logits = out.logits[0]  # (m+1, V)
+            logits, hidden = verify([seq[n]] + drafts)
+            hs[0][:, n:n + m + 1] = hidden
+            logits = logits[0]  # (m+1, V)
             result.verify_steps += 1
             result.drafted += m
             accepted, extra = 0, None

@@ -22,7 +22,7 @@ from dslearn.model import CausalLM
 from dslearn.train import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING = {"tokens_per_s", "rollout_tokens_per_s"}  # wall-clock figures: the only fields allowed to differ
+TIMING = {"tokens_per_s", "rollout_tokens_per_s", "mfu"}  # wall-clock figures: the only fields allowed to differ
 
 # MLA attention + DeepSeekMoE with V3 routing: sigmoid, node-limited top-K with the bias, the bias update
 # (γ) and the sequence-wise balance loss (α); a byte vocabulary

@@ -30,7 +30,7 @@ from dslearn.train.loop import Interrupted
 
 pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
 REPO = Path(__file__).resolve().parents[1]
-TIMING = {"tokens_per_s"}
+TIMING = {"tokens_per_s", "mfu"}
 CONFIG = tiny_dense_config(hidden_size=32, intermediate_size=48, num_attention_heads=2, max_position_embeddings=32)
 TEXT = ("def add(a, b):\n    return a + b\n\n" * 60).encode()
 RUN = dict(steps=6, batch_size=4, seq_len=16, lr=3e-3, warmup_steps=1, eval_every=3, eval_windows=2, log_every=1,

@@ -16,6 +16,7 @@ from helpers import MLA, mla_config, perturbed_model, tiny_dense_config, v3_conf
 from dslearn.attention.adaptive_cache import AdaptiveLatentCache, apply_adaptive_cache
 from dslearn.generate import filter_logits, generate
 from dslearn.model import CausalLM
+from dslearn.model import static_decode as sd
 from dslearn.speculative import SpeculativeResult, expected_tokens_per_step, speculative_generate
 
 pytestmark = pytest.mark.usefixtures("one_thread_own_rng")
@@ -196,6 +197,54 @@ def test_greedy_identical_with_high_acceptance(trained_d2):
     assert stats.verify_steps < 20 * 29 / 2.5  # D = 2: close to 3 tokens per verify step
 
 
+# --- the static and compiled paths: the eager path's tokens ------------------------------------------------
+
+def _same_as_eager(model, decode: str, prompts, new_tokens, **sampling) -> SpeculativeResult:
+    """speculative_generate(decode=...) against decode="eager": the same tokens and the same draft counts
+    (seeded sampling: the same generator seed, so the same draws in the same order)."""
+    total = SpeculativeResult(tokens=[])
+    for i, prompt in enumerate(prompts):
+        runs = [speculative_generate(model, prompt, new_tokens, decode=d, **sampling,
+                                     generator=torch.Generator().manual_seed(i)) for d in ("eager", decode)]
+        ref, got = runs
+        assert got.tokens == ref.tokens, (decode, prompt)
+        assert (got.drafted, got.accepted, got.verify_steps) == (ref.drafted, ref.accepted, ref.verify_steps)
+        total.drafted += got.drafted
+        total.accepted += got.accepted
+    return total
+
+
+@pytest.mark.parametrize("sampling", [{}, dict(temperature=0.9, top_k=8)], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("name", list(GREEDY_CONFIGS))
+def test_static_speculative_equals_eager(name, sampling):
+    """decode="static": verify and draft passes on StaticDecodeStates, roll-back by truncate, the tokens of
+    the eager path (float64; MLA naive and absorbed, MoE, D = 1 and 2; rejections and acceptances both)."""
+    torch.manual_seed(0)
+    model = perturbed_model(GREEDY_CONFIGS[name].replace(vocab_size=12), seed=3).double()
+    stats = _same_as_eager(model, "static", _prompts(6, 12), 20, **sampling)
+    assert 0 < stats.accepted < stats.drafted
+
+
+def test_static_speculative_with_high_acceptance(trained_d2):
+    """Mostly accepted drafts: both depths' chunks grow past one position and the bonus token is taken."""
+    prompts = [[a, (a + 1) % 16] for a in range(0, 16, 3)] + [[5], [3, 9, 1]]
+    stats = _same_as_eager(trained_d2, "static", prompts, 30)
+    assert stats.accepted / stats.drafted > 0.8
+
+
+def test_compiled_speculative_equals_eager():
+    """decode="compiled": Inductor's verify and draft graphs (greedy and seeded sampling, one model: compiling
+    takes seconds per graph), and no fallback to the eager step."""
+    if not sd.compile_available():
+        pytest.skip("torch.compile is not available here (no C++ compiler or unsupported Python)")
+    torch.manual_seed(0)
+    model = perturbed_model(GREEDY_CONFIGS["mla-D1"].replace(vocab_size=12), seed=3).double()
+    prompts = _prompts(3, 12)
+    _same_as_eager(model, "compiled", prompts, 16)
+    _same_as_eager(model, "compiled", prompts, 16, temperature=0.9, top_k=8)
+    assert sd.decode_step(model, kind="verify").compiled and sd.decode_step(model, kind="draft").compiled
+
+
 # --- sampling: the main model's distribution -----------------------------------------------------------------
 
 SAMPLES = 1500  # a wrong acceptance rule (always keep drafts, or resample from p) fails with p-values < 1e-10
@@ -300,6 +349,7 @@ def test_result_counts_and_training_mode_kept():
     (dict(temperature=-0.5), ValueError, "temperature"),
     (dict(top_k=0), ValueError, "top_k"),
     (dict(max_new_tokens=62), ValueError, "exceeds the model's context"),
+    (dict(decode="fast"), ValueError, "decode must be one of"),
 ])
 def test_bad_arguments(kwargs, error, message):
     model = CausalLM(tiny_dense_config(num_nextn_predict_layers=1))

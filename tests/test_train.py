@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -54,6 +55,24 @@ def test_loss_falls_and_metrics_are_logged(tiny_config, text_streams, tmp_path):
     assert read_metrics(tmp_path / "run" / "metrics.jsonl", "val")[-1]["val_bpb"] == result.val[-1]["val_bpb"]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train_config"]["steps"] == 40
     assert result.tokens_per_s > 0
+
+
+def test_every_run_logs_mfu_unless_asked_not_to(tiny_config, text_streams, tmp_path):
+    """MFU is on by default: every logged throughput has an ``mfu`` beside it, against the matmul peak measured
+    once per process (cached: the second trainer reuses it), and the result holds the run's MFU."""
+    from dslearn.train.mfu import matmul_peak, mfu, model_flops_per_token
+
+    trainer = make_trainer(tiny_config, text_streams, tmp_path / "run", steps=3, eval_every=3)
+    result = trainer.fit()
+    assert trainer.loop.peak_flops == matmul_peak("fp32", "cpu") and matmul_peak.cache_info().currsize >= 1
+    assert trainer.loop.flops_per_token == model_flops_per_token(tiny_config, FAST["seq_len"])
+    rows = read_metrics(tmp_path / "run", "train")
+    assert all(0 < r["mfu"] == pytest.approx(mfu(trainer.loop.flops_per_token, r["tokens_per_s"],
+                                                   trainer.loop.peak_flops)) for r in rows)
+    assert 0 < result.mfu < 1
+    off = Trainer(CausalLM(tiny_config, seed=0), TrainConfig(**(FAST | {"steps": 2})), *text_streams, log_mfu=False)
+    result = off.fit()
+    assert off.loop.peak_flops is None and math.isnan(result.mfu) and result.tokens_per_s > 0
 
 
 class Interrupt(Exception):

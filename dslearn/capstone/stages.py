@@ -94,10 +94,10 @@ def val_prompts(corpus, n: int, length: int) -> list[list[int]]:
     return [list(corpus.val[(i + 1) * step:(i + 1) * step + length]) for i in range(n)]
 
 
-def _trainer(ctx, name: str, model: CausalLM, tcfg: dict, train, val, mfu: bool = False) -> Trainer:
+def _trainer(ctx, name: str, model: CausalLM, tcfg: dict, train, val) -> Trainer:
     # on a GPU, bf16 autocast (fp32 master weights), as V3 trains in low precision; on CPU, fp32
     cfg = TrainConfig(**tcfg, device=ctx.device, progress=ctx.progress, bf16=str(ctx.device).startswith("cuda"))
-    trainer = Trainer(model, cfg, train, val, run_dir=ctx.stage_dir(name), log_mfu=mfu)
+    trainer = Trainer(model, cfg, train, val, run_dir=ctx.stage_dir(name))  # logs MFU (the default)
     trainer.loop.cfg.desc = name  # the progress bar's label
     return trainer
 
@@ -117,8 +117,7 @@ def pretrain(ctx) -> dict:
     model = CausalLM(ModelConfig.from_dict(p["model"]), seed=p["seed"])
     world = base_corpus(p["world_docs"], levels=tuple(p["post_training"]["levels"]), seed=p["seed"])
     train = FIMStream(corpus.train + world, "train split + chapter 09's world", p["fim_rate"])
-    trainer = _trainer(ctx, "pretrain", model, p["pretrain"], train, TokenStream(corpus.val, "validation split"),
-                       mfu=True)
+    trainer = _trainer(ctx, "pretrain", model, p["pretrain"], train, TokenStream(corpus.val, "validation split"))
     result = trainer.fit()
     rows = read_metrics(ctx.stage_dir("pretrain"), "train")
     mfus = [r["mfu"] for r in rows if "mfu" in r]

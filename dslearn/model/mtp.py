@@ -44,7 +44,7 @@ from ..config import ModelConfig
 from ..layers import RMSNorm, cross_entropy
 from .block import DecoderLayer
 from .parts import Parts
-from .state import DecodeState
+from .state import DecodeState, StaticDecodeState
 
 
 class SharedHead(nn.Module):
@@ -131,13 +131,16 @@ class MultiTokenPrediction(nn.ModuleList):
         self.optimizer_steps += 1
 
     # --- decoding: the depths as drafters (dslearn/speculative.py) -------------------------------------------
-    def new_decode_state(self, batch: int, max_len: int, dtype=None, device=None) -> list[DecodeState]:
+    def new_decode_state(self, batch: int, max_len: int, dtype=None, device=None,
+                         static: bool = False) -> list[DecodeState]:
         """One DecodeState per depth, holding that depth's block cache. Depth k's position i is the step that
-        reads (h_i^{k−1}, Emb(t_{i+k})) and predicts t_{i+k+1}; its cache and positions are its own."""
+        reads (h_i^{k−1}, Emb(t_{i+k})) and predicts t_{i+k+1}; its cache and positions are its own.
+        ``static=True``: StaticDecodeStates (fixed shapes, what ``model.static_decode`` compiles a draft over)."""
         p = self[0].eh_proj.weight
         dtype, device = dtype or p.dtype, device or p.device
-        return [DecodeState([depth.block.self_attn.new_cache(batch, max_len, dtype, device)], batch, max_len, device)
-                for depth in self]
+        kind = StaticDecodeState if static else DecodeState
+        return [kind([depth.block.self_attn.new_cache(batch, max_len, dtype, device, static=static)], batch, max_len,
+                     device) for depth in self]
 
     def draft(self, k: int, h_prev: torch.Tensor, emb: torch.Tensor, state: DecodeState, prepare) -> torch.Tensor:
         """Run depth k (1-based) on the next chunk of its positions, continuing ``state`` (its own DecodeState,

@@ -18,6 +18,12 @@ The fast path removes it in two moves, and keeps the eager forward as the one de
    (``decompose_mm_pass``). Where ``torch.compile`` is unavailable (no C++ compiler, an unsupported
    platform) or fails on a model, the step runs eagerly on the same static state, with a warning.
 
+Speculative decoding (``dslearn.speculative``, ``decode="static" | "compiled"``) runs its two passes the same
+way: the main model's verify pass over [x_n, d_1..d_m] (m+1 ≤ D+1 positions, so at most D+1 graphs) and each
+MTP depth's drafting pass on a static state of its own. Rolling back rejected drafts is ``truncate`` between
+steps, which a static state supports as it is (the caches zero the dropped rows, the mask hides them, the
+position tensor is set back).
+
 Identical tokens. The compiled graph computes the same function in another floating-point summation order
 (fused reductions), so logits differ from the eager path's by ~1e-7 relative in float32: tokens are the same
 except where two candidates tie to that precision. The tests run float64 models, where no tie is that close,
@@ -28,6 +34,7 @@ batches and stop sequences; ``bench/generate_vs_hf.py`` checks float32 tokens on
     ----                                   ----
     preallocated caches, tensor position    StaticDecodeState (model/state.py), Static*Cache (attention/)
     one compiled step per model             decode_step(model) → DecodeStep; DecodeStep(ids, state) → logits
+    speculative decoding's verify / draft   decode_step(model, kind="verify" | "draft") (``dslearn.speculative``)
     eager fallback                          DecodeStep.compiled is False (compile_available(), or a failure)
 """
 
@@ -41,7 +48,8 @@ import torch
 
 # Inductor options of the compiled step: batch-1 products as streaming multiply-reduce loops (see above).
 COMPILE_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
-_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → {(compile, dtype, device): DecodeStep}
+# model → {(compile, backend, kind, dtype, device): DecodeStep}
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def compile_available() -> bool:
@@ -65,21 +73,44 @@ def _forward_last(model, ids: torch.Tensor, state) -> torch.Tensor:
     return model(ids, state=state, last_only=True).logits[:, -1]
 
 
+def _forward_verify(model, ids: torch.Tensor, state) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative decoding's verify pass: the model's forward over [x_n, d_1..d_m], the logits of EVERY position
+    (B, T, V) and the hidden states h^0 before the final norm (B, T, d) that the MTP depths read next."""
+    out = model(ids, state=state, return_hidden=True)
+    return out.logits, out.hidden
+
+
+def _draft(model, ids: torch.Tensor, state, k: int, h_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative decoding's drafting pass of MTP depth k over a chunk of its positions, continuing its own
+    (static) state: h^k (B, T, d) and depth k's logits at the last position (B, V)."""
+    h = model.mtp.draft(k, h_prev, model.model.embed_tokens(ids), state, model.prepare)  # (B, T, d)
+    return h, model.mtp.logits(k, h[:, -1], model.lm_head)
+
+
+# what a step computes (decode_step's ``kind``): plain decoding, and speculative decoding's two passes
+STEP_KINDS = {"last": _forward_last, "verify": _forward_verify, "draft": _draft}
+
+
 class DecodeStep:
     """``step(ids, state) -> logits (B, V)``: feed ``ids`` (B, T) through ``model`` continuing a
     ``StaticDecodeState``, compiled when ``compile`` is true and torch.compile works, eager otherwise.
-    ``backend`` is torch.compile's ("inductor" generates the fused code; the tests also trace with "aot_eager")."""
+    ``backend`` is torch.compile's ("inductor" generates the fused code; the tests also trace with "aot_eager").
+    ``kind`` picks what the step computes (``STEP_KINDS``): "last" as above; "verify" returns (logits (B, T, V),
+    hidden (B, T, d)); "draft" is ``step(ids, mtp_state, k, h_prev) -> (h^k, logits (B, V))`` for MTP depth k."""
 
-    def __init__(self, model, compile: bool = True, backend="inductor"):
+    def __init__(self, model, compile: bool = True, backend="inductor", kind: str = "last"):
+        if kind not in STEP_KINDS:
+            raise ValueError(f"kind must be one of {sorted(STEP_KINDS)}, got {kind!r}")
         self._model = weakref.ref(model)  # the cache of steps is keyed by the model: hold it weakly
         self.compiled = bool(compile) and compile_available()
+        self._eager = STEP_KINDS[kind]
         options = COMPILE_OPTIONS if backend == "inductor" else None
         # one graph per batch and cache shape (generate keeps them few: powers of two, cache lengths in buckets)
-        self._fn = (torch.compile(_forward_last, backend=backend, dynamic=False, options=options,
-                                  isolate_recompiles=True, recompile_limit=64) if self.compiled else _forward_last)
+        self._fn = (torch.compile(self._eager, backend=backend, dynamic=False, options=options,
+                                  isolate_recompiles=True, recompile_limit=64) if self.compiled else self._eager)
 
     @torch.no_grad()
-    def __call__(self, ids: torch.Tensor, state) -> torch.Tensor:
+    def __call__(self, ids: torch.Tensor, state, *args):
         if not getattr(state, "static", False):
             raise TypeError("DecodeStep continues a StaticDecodeState: make it with "
                             "model.new_decode_state(batch, max_len, static=True)")
@@ -88,21 +119,21 @@ class DecodeStep:
             raise ValueError(f"decode state holds {state.max_len} positions; {filled + T} needed")
         if self.compiled:
             try:
-                return self._fn(self._model(), ids, state)
+                return self._fn(self._model(), ids, state, *args)
             except Exception as e:  # noqa: BLE001 — compilation failed: the eager step computes the same
                 warnings.warn(f"torch.compile failed on this model ({type(e).__name__}: {str(e)[:200]}); "
                               "decoding eagerly with static shapes", RuntimeWarning, stacklevel=2)
-                self.compiled, self._fn = False, _forward_last
+                self.compiled, self._fn = False, self._eager
                 state.truncate(filled)  # undo anything a partial run wrote
-        return self._fn(self._model(), ids, state)
+        return self._fn(self._model(), ids, state, *args)
 
 
-def decode_step(model, compile: bool = True, backend="inductor") -> DecodeStep:
-    """The model's DecodeStep, built once per model, dtype, device and backend (compiling is the costly part:
-    the graphs are kept as long as the model lives)."""
+def decode_step(model, compile: bool = True, backend="inductor", kind: str = "last") -> DecodeStep:
+    """The model's DecodeStep of ``kind``, built once per model, dtype, device and backend (compiling is the
+    costly part: the graphs are kept as long as the model lives)."""
     p = model.lm_head.weight
-    key = (bool(compile), backend, p.dtype, p.device)
+    key = (bool(compile), backend, kind, p.dtype, p.device)
     steps = _STEPS.setdefault(model, {})
     if key not in steps:
-        steps[key] = DecodeStep(model, compile, backend)
+        steps[key] = DecodeStep(model, compile, backend, kind)
     return steps[key]

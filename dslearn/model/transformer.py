@@ -202,7 +202,10 @@ class CausalLM(nn.Module):
         B, T = input_ids.shape
         if input_ids.dtype != torch.long:
             raise TypeError(f"input_ids must be int64 token ids, got {input_ids.dtype}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+        # the range check reads the ids back to the host; a compiled decode step (model/static_decode.py) skips it:
+        # traced, it would break the graph and specialise what follows on the ids' values (a recompile per token)
+        if input_ids.numel() and not torch.compiler.is_compiling() and (
+                int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
             raise ValueError(f"input_ids must be in [0, {self.config.vocab_size}) (vocab_size), got ids in "
                              f"[{int(input_ids.min())}, {int(input_ids.max())}]")
         if targets is not None and last_only:

@@ -34,8 +34,8 @@ step function asks ``ddp.my_micro_batches``); after the last one ``update`` sums
 over the ranks, averages the metrics, and sums the MoE layers' ``step_load`` before the hooks — so N processes
 follow the one-process trajectory. Rank 0 alone writes the metrics log and checkpoints.
 
-**MFU** (``mfu.py``): with ``flops_per_token`` and ``peak_flops`` set (``Trainer(..., log_mfu=True)``), every logged
-record with a throughput also holds ``mfu``.
+**MFU** (``mfu.py``): with ``flops_per_token`` and ``peak_flops`` set (``Trainer`` sets both unless
+``log_mfu=False``), every logged record with a throughput also holds ``mfu``.
 
 **Resume.** A run directory holding a checkpoint resumes from it: the wrapper's config (``run_config``,
 e.g. ``{"train_config": {...}}``) must match the checkpoint's except for the ``cosmetic`` fields,

@@ -44,7 +44,7 @@ from .loop import (
     TrainingLoop,
     make_optimizer,
 )
-from .mfu import matmul_peak, model_flops_per_token
+from .mfu import matmul_peak, mfu, model_flops_per_token
 from .schedule import SCHEDULES
 
 __all__ = ["DivergenceError", "NonFiniteLossError", "TrainConfig", "TrainResult", "Trainer", "make_optimizer"]
@@ -144,6 +144,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # training loss of every step this call ran
     val: list[dict] = field(default_factory=list)  # {"step", "val_loss", "val_bpb"} records
     tokens_per_s: float = float("nan")  # training throughput, evaluation excluded
+    mfu: float = float("nan")  # model FLOPs utilisation at that throughput (train/mfu.py); NaN with log_mfu=False
     steps_done: int = 0  # the run's step counter at the end (resumed steps included)
 
     @property
@@ -159,7 +160,7 @@ class Trainer(LoopWrapper):
     """
 
     def __init__(self, model, cfg: TrainConfig, train: Batches, val: EvalBatches | None = None,
-                 run_dir: str | Path | None = None, bytes_per_token: float = 1.0, log_mfu: bool = False):
+                 run_dir: str | Path | None = None, bytes_per_token: float = 1.0, log_mfu: bool = True):
         self.cfg = cfg
         self.seq_len = cfg.seq_len or model.config.max_position_embeddings
         if self.seq_len > model.config.max_position_embeddings:
@@ -175,7 +176,10 @@ class Trainer(LoopWrapper):
         self.model, self.device, self.optimizer = self.loop.model, self.loop.device, self.loop.optimizer
         self.run_dir, self.log = self.loop.run_dir, self.loop.log
         self.micro = ddp.my_micro_batches(cfg.grad_accum_steps)  # all of them, unless data parallel (ddp.py)
-        if log_mfu:  # train/mfu.py: model FLOPs per token against a matmul peak measured in this process
+        # train/mfu.py: model FLOPs per token against a matmul peak measured once per process, device and dtype
+        # (cached; ~0.1 s the first time on a CPU core) — on by default, so every run shows how close it trains
+        # to the machine's limit; log_mfu=False skips even that one measurement
+        if log_mfu:
             self.loop.flops_per_token = model_flops_per_token(model.config, self.seq_len)
             self.loop.peak_flops = matmul_peak("bf16" if cfg.bf16 else "fp32", str(self.device))
 
@@ -256,7 +260,7 @@ class Trainer(LoopWrapper):
             (self.run_dir / "config.json").write_text(json.dumps(
                 {"model_config": self.model.config.to_dict(), "train_config": self.cfg.to_dict()}, indent=1))
         out = self.loop.fit(self.step_function, evaluate=self.evaluate if self.val_data is not None else None,
-                            eval_every=self.cfg.eval_every, eval_kind="val", show=("loss", "val_bpb"))
+                            eval_every=self.cfg.eval_every, eval_kind="val", show=("loss", "val_bpb", "mfu"))
         result = TrainResult(losses=[r["loss"] for r in out.records if r["kind"] == "train"],
                              val=[{k: v for k, v in r.items() if k != "kind"} for r in out.records
                                   if r["kind"] == "val"], steps_done=self.step)
@@ -264,4 +268,6 @@ class Trainer(LoopWrapper):
             result.val.append(self.evaluate())
         if result.losses:
             result.tokens_per_s = out.tokens / out.train_seconds
+            if self.loop.flops_per_token and self.loop.peak_flops:
+                result.mfu = mfu(self.loop.flops_per_token, result.tokens_per_s, self.loop.peak_flops)
         return result
