@@ -23,7 +23,7 @@ def _texts(fig: Figure) -> str:
 @pytest.mark.parametrize("draw, words", [
     (fp8_dataflow, ["1×128", "128×128", "N_C = 128", "MoE gating", "14-bit"]),
     (fb_chunk_pair, ["DISPATCH (F)", "COMBINE (B)", "MLP (W)", "ATTN (F)"]),
-    (lambda: mtp_modules(2), ["M_1", "M_2", "shared", "L_MTP"]),
+    (lambda: mtp_modules(2), ["M_1", "M_2", "shared", "MTP depth 2", "hnorm"]),
     (grpo_loop, ["π_old", "π_ref", "std r", "r_4"]),
 ])
 def test_each_diagram_is_a_figure_of_patches_and_text(draw, words):
@@ -41,7 +41,7 @@ def test_each_diagram_is_a_figure_of_patches_and_text(draw, words):
 
 
 def test_bad_arguments_say_what_is_allowed():
-    with pytest.raises(ValueError, match="depth must be >= 1"):
+    with pytest.raises(ValueError, match="depths and T must be >= 1"):
         mtp_modules(0)
     with pytest.raises(ValueError, match="group_size must be >= 2"):
         grpo_loop(1)
