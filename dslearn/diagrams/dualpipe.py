@@ -8,7 +8,7 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ._v3kit import BACKWARD, COMM, FORWARD, arrow, box, canvas
+from dslearn.diagrams._draw import BACKWARD, COMM, FORWARD, arrow, box, canvas
 
 # (row, start, length, label, kind): the pair on one rank, in time units of the drawing
 _PAIR = [

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from ._v3kit import COMM, FORWARD, HIGH, STORE, arrow, box, canvas, grid
+from dslearn.diagrams._draw import COMM, FORWARD, HIGH, STORE, arrow, box, canvas, grid
 
 
 def fp8_dataflow() -> Figure:

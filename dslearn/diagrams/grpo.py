@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from ._v3kit import BACKWARD, COMM, FORWARD, HIGH, STORE, arrow, box, canvas
+from dslearn.diagrams._draw import BACKWARD, COMM, FORWARD, HIGH, STORE, arrow, box, canvas
 
 
 def grpo_loop(group_size: int = 4) -> Figure:
