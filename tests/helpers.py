@@ -7,7 +7,9 @@ states only how its config differs from the shared one.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 
 import pytest
 import torch
@@ -112,6 +114,20 @@ FAST = dict(batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_windows=8, p
 def todo(*args):
     """An exercise the learner has not touched yet: the checker must report TODO, not FAIL."""
     raise NotImplementedError
+
+
+def require_browser() -> str:
+    """The path of the Chromium that the browser tests drive (tests/test_browser_widgets.py). Skip unless
+    Chromium, playwright and JupyterLab are all here; fail instead where CI sets DSLEARN_REQUIRE_BROWSER."""
+    missing = [what for what, ok in (("chromium (apt-get install chromium)", shutil.which("chromium")),
+                                     ("playwright (pip install playwright)", importlib.util.find_spec("playwright")),
+                                     ("jupyterlab (pip install jupyterlab)", importlib.util.find_spec("jupyterlab")))
+               if not ok]
+    if missing:
+        if os.environ.get("DSLEARN_REQUIRE_BROWSER"):
+            pytest.fail(f"DSLEARN_REQUIRE_BROWSER is set but the browser tests cannot run: no {', no '.join(missing)}")
+        pytest.skip(f"needs {', '.join(missing)}; CI sets DSLEARN_REQUIRE_BROWSER=1 to fail instead")
+    return shutil.which("chromium")
 
 
 def require_isolated_sandbox() -> None:
