@@ -60,6 +60,11 @@ class Explorer:
 # Notebooks not listed here get ``Explorer(<the cell that calls ipywidgets' interact>, (FIRST,))``; a notebook
 # without an explorer cell is skipped.
 SPEC = {
+    "00_welcome": Explorer("def explore_sampling(", (FIRST, Code(
+        "from dslearn.config import ModelConfig\nfrom dslearn.data import ByteTokenizer\nfrom dslearn.generate import generate\n"
+        "from dslearn.model import CausalLM\n"
+        "tok = ByteTokenizer()\nmodel = CausalLM(ModelConfig.from_preset('tiny'), seed=0)",
+        why="an untrained model: the notebook trains one first (slow, and beside the point here)"))),
     "01_scaling_laws": Explorer("def plan(log10_C"),
     "02_multi_head_latent_attention": Explorer("def draw_cache("),
     "03_deepseekmoe": Explorer("def draw_routing("),
