@@ -61,8 +61,8 @@ class Explorer:
 # without an explorer cell is skipped.
 SPEC = {
     "00_welcome": Explorer("def explore_sampling(", (FIRST, Code(
-        "from dslearn.config import ModelConfig\nfrom dslearn.data import ByteTokenizer\nfrom dslearn.generate import generate\n"
-        "from dslearn.model import CausalLM\n"
+        "from dslearn.config import ModelConfig\nfrom dslearn.data import ByteTokenizer\n"
+        "from dslearn.generate import generate\nfrom dslearn.model import CausalLM\n"
         "tok = ByteTokenizer()\nmodel = CausalLM(ModelConfig.from_preset('tiny'), seed=0)",
         why="an untrained model: the notebook trains one first (slow, and beside the point here)"))),
     "01_scaling_laws": Explorer("def plan(log10_C"),
