@@ -1,6 +1,6 @@
 """Copy a finished ``dslearn capstone`` run's results (not its checkpoints) into experiments/capstone/.
 
-    dslearn capstone --out runs/capstone          # the default run (≈ 5 CPU-minutes; see README.md here)
+    dslearn capstone --out runs/capstone          # the default run (≈ 7–8 minutes on one core; see README.md here)
     python experiments/capstone/ship.py runs/capstone
 
 What is kept: report.md and its figures, plan.json, every stage's summary.json, the evaluation table, the
