@@ -120,8 +120,9 @@ def make_plan(quick: bool = False, seed: int = 0, fp8: bool = False) -> dict:
             "cold_start": sft | dict(n=600, steps=40 if quick else 300, checkpoint_every=10 if quick else 50),
             "reasoning_rl": rl | dict(steps=3 if quick else 150, checkpoint_every=1 if quick else 10),
             # --quick pretrains too little to solve anything: its rejection-sampling SFT may see plain text only
-            "rejection_sampling": sft | dict(n_per_level=15 if quick else 75, samples=4, keep=2, n_plain=60,
-                                             allow_empty=quick, steps=40 if quick else 300,
+            # a few epochs over the kept samples and the plain pairs: more erodes the base's Python (measured)
+            "rejection_sampling": sft | dict(n_per_level=15 if quick else 200, samples=4, keep=2, n_plain=100,
+                                             allow_empty=quick, steps=40 if quick else 100,
                                              checkpoint_every=10 if quick else 50),
             "final_rl": rl | dict(steps=2 if quick else 50, checkpoint_every=1 if quick else 10),
             "eval": dict(n_per_level=9 if quick else 30, k=4)}

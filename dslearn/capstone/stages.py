@@ -108,6 +108,11 @@ def _last(records: list[dict], key: str) -> float:
 
 
 # --- the stages -------------------------------------------------------------------------------------------
+def world_text(plan: dict) -> bytes:
+    """Chapter 09's world as pretraining text: ``plan["world_docs"]`` worked additions at the post-training levels."""
+    return base_corpus(plan["world_docs"], levels=tuple(plan["post_training"]["levels"]), seed=plan["seed"])
+
+
 def pretrain(ctx) -> dict:
     """V3 §4.1–4.2 in miniature: FIM at rate 0.1 (PSM), the four-phase LR, the batch ramp, γ's end, λ's switch.
     The training text is the Python corpus followed by chapter 09's world (``plan["world_docs"]`` worked
@@ -115,7 +120,7 @@ def pretrain(ctx) -> dict:
     p = ctx.plan
     corpus = load_corpus()
     model = CausalLM(ModelConfig.from_dict(p["model"]), seed=p["seed"])
-    world = base_corpus(p["world_docs"], levels=tuple(p["post_training"]["levels"]), seed=p["seed"])
+    world = world_text(p)
     train = FIMStream(corpus.train + world, "train split + chapter 09's world", p["fim_rate"])
     trainer = _trainer(ctx, "pretrain", model, p["pretrain"], train, TokenStream(corpus.val, "validation split"))
     result = trainer.fit()
@@ -140,7 +145,9 @@ def long_context(ctx) -> dict:
     model = extend_context(base, L, lc["rope_scaling"], bias_update_until=0, mtp_weight_switch_step=0)
     before_yarn = heldout(model, val, L, windows)
     short_before = heldout(base, val, base.config.max_position_embeddings, windows)
-    trainer = _trainer(ctx, "long_context", model, lc["train"], TokenStream(corpus.train, "train split"), val)
+    # the pretraining mix (V3 extends the context on its pretraining data), so the template is not forgotten
+    train = TokenStream(corpus.train + world_text(ctx.plan), "train split + chapter 09's world")
+    trainer = _trainer(ctx, "long_context", model, lc["train"], train, val)
     result = trainer.fit()
     after = heldout(trainer.model, val, L, windows)
     short_after = heldout(trainer.model, val, base.config.max_position_embeddings, windows)

@@ -191,16 +191,17 @@ else:
     print("no shipped run yet: `dslearn capstone` then `python experiments/capstone/ship.py runs/capstone`")
 
 # %% [markdown]
-# **Reading the shipped run.** Follow the pass@1 column down the stages. Pretraining met the template (format is
-# high) but rarely lands the sum; the context extension trained on Python alone and loosened the template. The
-# **cold start is the stage that pays**: accuracy, format and consistency all jump. **GRPO does not raise accuracy
-# at this size** — its training accuracy (the RL figure above) stays flat, because with most groups of eight
-# holding no correct answer, most advantages are zero; what it does move is what it can reach, consistency.
-# **Rejection-sampling SFT from the base costs Python bits/byte**: a few dozen kept samples and a few dozen
-# plain-text pairs, trained on for hundreds of steps, crowd out what a 92K-parameter model knew of Python. R1 §4.1
-# found the same direction at far larger scale: for small models, distilling a stronger model beats RL on the small
-# model itself (chapter 09 measures distillation). The last cell's output is why the task is 2-digit additions:
-# the same width pretrained on chapter 09's world alone learns 2-digit sums and not the 2–4-digit mix.
+# **Reading the shipped run.** Follow the pass@1 column down the stages, remembering that 60 problems × 4 samples
+# leave about ±0.05 of sampling noise. Pretraining met the template (format is high) but rarely lands the sum. The
+# **cold start is the stage that pays**: accuracy and consistency jump, at a price in Python bits/byte (hundreds of
+# steps on worked additions alone). **GRPO adds little at this size**: with most groups of eight holding no correct
+# answer, most advantages are zero (the RL figure's accuracy barely moves); what it does reach is consistency, the
+# reward's λ term. **Rejection-sampling SFT restarts from the long-context base**, as R1 does: it keeps Python
+# (bits/byte back near the base's) but teaches less than the cold start did, because a model that is right about
+# one time in seven yields few verified samples. R1 §4.1 found the same direction at far larger scale: for small
+# models, distilling a stronger model beats RL on the small model itself (chapter 09 measures distillation). The
+# last cell's output is why the task is 2-digit additions: the same width pretrained on chapter 09's world alone
+# learns 2-digit sums and not the 2–4-digit mix. `experiments/capstone/README.md` reads the run number by number.
 #
 
 # %% [markdown]
