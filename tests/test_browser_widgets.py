@@ -66,11 +66,12 @@ SPEC = {
         "tok = ByteTokenizer()\nmodel = CausalLM(ModelConfig.from_preset('tiny'), seed=0)",
         why="an untrained model: the notebook trains one first (slow, and beside the point here)"))),
     "01_scaling_laws": Explorer("def plan(log10_C"),
-    "02_multi_head_latent_attention": Explorer("def draw_cache("),
+    "02_multi_head_latent_attention": Explorer("sliders = dict(n_h=", (FIRST, "def draw_cache(")),
     "03_deepseekmoe": Explorer("def draw_routing("),
     "04_v3_load_balancing": Explorer("def draw_bias("),
     "05_fp8_triton": Explorer("ui = widgets.interactive(", (
-        FIRST, "import SCHEMES, activations_with_outliers", "def explore(tile_width")),
+        FIRST, "import SCHEMES, activations_with_outliers", "def tile_error_panel(", "def accumulation_panel(",
+        "def explore(tile_width")),
     "06_dualpipe": Explorer("ui = widgets.interactive(", (FIRST, "def explore(schedule=")),
     "07_multi_token_prediction": Explorer("def draw_speedup(", (FIRST, Code(
         "from dslearn.speculative import expected_tokens_per_step\n"
