@@ -19,6 +19,8 @@
 # **Paper sections:** DeepSeek-R1 (arXiv 2501.12948) §2.3 (cold start, reasoning RL, rejection sampling, RL for all
 # scenarios), §2.4 and §4.1 (distillation vs RL); DeepSeek-LLM (arXiv 2401.02954) §5 (SFT, DPO); DPO (Rafailov et al.,
 # arXiv 2305.18290).
+#
+# **Symbols** used across the course (and the letters whose meaning changes between chapters) are listed in the [glossary](../docs/glossary.md).
 
 # %%
 import json

@@ -24,8 +24,10 @@
 # Paper sections: V3 §2 (architecture), §3.3 (FP8), §4.1–4.3 (pre-training data, hyper-parameters, long context);
 # R1 §2.3 (the multi-stage recipe); DeepSeek-LLM §3 (scaling laws).
 #
-# **One place where we depart from chapter 09, measured.** Chapter 01's laws size this model for a 15-minute CPU
-# budget, and the model they pick is tiny. `experiments/capstone/task_size.py` pretrains that width on chapter 09's
+# **Symbols** used across the course (and the letters whose meaning changes between chapters) are listed in the [glossary](../docs/glossary.md).
+#
+# **One place where we depart from chapter 09, measured.** Chapter 01's laws size this model for the default run's
+# pretraining budget (section 2), and the model they pick is tiny. `experiments/capstone/task_size.py` pretrains that width on chapter 09's
 # world alone: it learns the 2-digit additions but not the 3- and 4-digit ones (section 5 prints the figures).
 # So the capstone's post-training works on the 2-digit level, in both languages; everything else is chapter 09's.
 
