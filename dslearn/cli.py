@@ -345,18 +345,27 @@ def cmd_tour(args) -> int:
 def cmd_capstone(args) -> int:
     from .capstone import CapstoneError, describe_plan, make_plan, run
 
+    from .train import ddp
+
     out = args.out or ("runs/capstone-quick" if args.quick else "runs/capstone")
+    # under torchrun: join the process group; the ranks wait for each other while rank 0 runs GRPO, evaluation
+    # and export alone, so a barrier may wait as long as a stage takes (a failed rank ends the job through torchrun)
+    ddp.init_from_env(args.device, timeout_minutes=24 * 60)
     try:
-        print(describe_plan(make_plan(args.quick, args.seed, args.fp8)) + "\n")
+        if ddp.is_main():
+            print(describe_plan(make_plan(args.quick, args.seed, args.fp8)) + "\n")
         run(out, quick=args.quick, until=args.until, from_=args.from_, device=args.device, threads=args.threads,
             progress=not args.no_progress, seed=args.seed, fp8=args.fp8)
     except CapstoneError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if ddp.is_main():  # every rank finds the same bad input: one of them says so
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted; run the same command to resume from the last checkpoint in {out}", file=sys.stderr)
+        if ddp.is_main():
+            print(f"\ninterrupted; run the same command to resume from the last checkpoint in {out}",
+                  file=sys.stderr)
         return 130
-    if args.until is None or args.until == "report":
+    if (args.until is None or args.until == "report") and ddp.is_main():
         print(f"report: {Path(out) / 'report.md'}")
     return 0
 

@@ -2,7 +2,8 @@
 
 ``python tests/capstone_helpers.py OUT UNTIL [KILL_STAGE KILL_STEP]`` runs the reduced pipeline into OUT up to
 stage UNTIL with one thread; with a kill point it SIGKILLs itself right after the checkpoint of step KILL_STEP
-of stage KILL_STAGE is written — no ``finally``, no flush, the way a preempted job dies.
+of stage KILL_STAGE is written — no ``finally``, no flush, the way a preempted job dies. The same script runs
+unchanged under ``torchrun --nproc-per-node 2`` (tests/test_capstone_ddp.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def main(argv: list[str]) -> None:
 
     torch.set_num_threads(1)
     from dslearn.capstone import run
-    from dslearn.train import loop
+    from dslearn.train import ddp, loop
+
+    ddp.init_from_env()
 
     out, until = argv[0], argv[1]
     if len(argv) == 4:

@@ -5,6 +5,10 @@
 
 With STOP_AFTER the run exits (every rank, status 0) right after the checkpoint of that step is written, as if the
 job had been stopped there; rerunning without it resumes from that checkpoint, in either mode.
+
+With ``DDP_SIGINT=RANK:STEP`` in the environment, rank RANK alone gets a SIGINT at the end of step STEP (as when a
+signal reaches one worker, or reaches the workers at different moments), and the run checkpoints only when it ends
+or stops: every rank must stop after the same step and the checkpoint of that step must be the one saved.
 """
 
 from __future__ import annotations
@@ -37,9 +41,24 @@ def main(argv: list[str]) -> None:
             return path
 
         loop.TrainingLoop.save = save_then_stop
+    sigint = os.environ.get("DDP_SIGINT")
+    if sigint:
+        import signal
+
+        rank, at = map(int, sigint.split(":"))
+        run_step = loop.TrainingLoop.run_step
+
+        def run_step_then_signal(self, step_fn):
+            out = run_step(self, step_fn)
+            if self.step == at and ddp.rank_world()[0] == rank:
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+        loop.TrainingLoop.run_step = run_step_then_signal
     text = bytes(range(32, 127)) * 40 + ("def add(a, b):\n    return a + b\n\n" * 60).encode()
     cfg = TrainConfig(steps=5, batch_size=8, seq_len=16, grad_accum_steps=4, lr=3e-3, warmup_steps=1,
-                      eval_every=0, eval_windows=4, log_every=1, checkpoint_every=1, progress=False,
+                      eval_every=0, eval_windows=4, log_every=1, checkpoint_every=0 if sigint else 1,
+                      progress=False,
                       batch_ramp_start=4, batch_ramp_steps=2)
     trainer = Trainer(CausalLM(MLA_MOE, seed=0), cfg, TokenStream(text[:4000]), TokenStream(text[4000:]),
                       run_dir=argv[0])

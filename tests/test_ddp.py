@@ -17,15 +17,18 @@ from safetensors.torch import load_file
 SCRIPT = str(REPO / "tests" / "ddp_helpers.py")
 
 
-def _run(run_dir, *args, procs: int = 1):
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
+def _run(run_dir, *args, procs: int = 1, env_extra: dict | None = None, ok: bool = True):
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1",
+           **(env_extra or {})}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
                 if procs > 1 else [sys.executable])
     r = subprocess.run([*launcher, SCRIPT, str(run_dir), *map(str, args)], env=env, capture_output=True, text=True,
                        timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    if ok:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
 
 
 def _losses(run_dir):
@@ -72,5 +75,20 @@ def test_a_checkpoint_resumes_in_either_mode(single, tmp_path, first, then):
     _run(tmp_path, 2, procs=first)  # stopped after the checkpoint of step 2
     assert (tmp_path / "checkpoints" / "LATEST").read_text().strip() == "step_000002"
     _run(tmp_path, procs=then)
+    _close(_losses(single), _losses(tmp_path))
+    _weights_close(_weights(single), _weights(tmp_path))
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_signal_that_reaches_one_rank_stops_both_after_the_same_step(single, tmp_path, rank):
+    """Ctrl-C reaches every worker of a terminal's torchrun, but not at the same moment; a SIGTERM may reach one.
+    The ranks agree on stopping (one all-reduce per step), save that step's checkpoint together and exit; the
+    rerun resumes it and ends where the uninterrupted run ends."""
+    r = _run(tmp_path, procs=2, env_extra={"DDP_SIGINT": f"{rank}:2"}, ok=False)
+    assert r.returncode != 0
+    assert r.stderr.count("saved step 2 of 5") == 2, r.stderr[-3000:]  # both ranks stopped after step 2
+    assert "a signal reached another process" in r.stderr
+    assert (tmp_path / "checkpoints" / "LATEST").read_text().strip() == "step_000002"
+    _run(tmp_path, procs=2)
     _close(_losses(single), _losses(tmp_path))
     _weights_close(_weights(single), _weights(tmp_path))

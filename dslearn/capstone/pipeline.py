@@ -10,6 +10,13 @@ interrupted one resumes from its newest checkpoint and, because every batch is a
 step), computes exactly what an uninterrupted run computes. A directory holding a run with a different plan
 is refused rather than mixed.
 
+**Several processes.** Under ``torchrun --nproc-per-node N`` (``dslearn.train.ddp``) the stages that train
+with ``Trainer`` — pretrain, long_context and the two SFT stages — are data-parallel: each rank runs its share
+of every step's micro-batches and the ranks sum their gradients, so N processes compute the one-process
+trajectory. The other stages (GRPO, rejection sampling's generation, evaluate, export, report) run on rank 0 by
+itself (``ddp.alone()``) while the other ranks wait at a barrier. Rank 0 writes every file; a run checkpointed
+on N processes resumes on one, and the other way round.
+
 **Post-training.** Chapter 09's stages (``dslearn.rl.recipe``) run as ``POST_TRAINING`` between long_context
 and evaluate: cold-start SFT → reasoning GRPO (with the language-consistency reward) → rejection-sampling SFT
 from the long-context base → final GRPO, on chapter 09's world of worked additions, which pretraining mixes into
@@ -28,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig, get_preset
+from ..train import ddp
 from . import report as report_mod
 from . import stages as st
 from .sizing import (
@@ -54,17 +62,21 @@ class Stage:
     run: Callable  # run(ctx) -> summary dict
     about: str
     trains: bool = False  # leaves a checkpoint that evaluate scores and the next stage starts from
+    # under torchrun: every rank runs it (its training is Trainer's data-parallel loop); else rank 0 runs it alone
+    data_parallel: bool = False
 
 
 PRETRAINING = [
-    Stage("pretrain", st.pretrain, "next-token + MTP + balance losses, FIM 0.1, V3's LR shape and batch ramp", True),
-    Stage("long_context", st.long_context, "YaRN context extension (V3 §4.3)", True),
+    Stage("pretrain", st.pretrain, "next-token + MTP + balance losses, FIM 0.1, V3's LR shape and batch ramp", True,
+          True),
+    Stage("long_context", st.long_context, "YaRN context extension (V3 §4.3)", True, True),
 ]
 POST_TRAINING = [
-    Stage("cold_start_sft", st.cold_start_sft, "R1's cold start: SFT on readable worked solutions (chapter 09)", True),
+    Stage("cold_start_sft", st.cold_start_sft, "R1's cold start: SFT on readable worked solutions (chapter 09)", True,
+          True),
     Stage("reasoning_rl", st.reasoning_rl, "GRPO, reward = accuracy + 0.1·format + λ·consistency (R1 §2.3.2)", True),
     Stage("rejection_sampling_sft", st.rejection_sampling_sft,
-          "keep the RL model's verified answers, SFT the base on them + plain text (R1 §2.3.3)", True),
+          "keep the RL model's verified answers, SFT the base on them + plain text (R1 §2.3.3)", True, True),
     Stage("final_rl", st.final_rl, "a second GRPO stage from the rejection-sampling model (R1 §2.3.4)", True),
 ]
 FINAL = [
@@ -110,7 +122,8 @@ def make_plan(quick: bool = False, seed: int = 0, fp8: bool = False) -> dict:
                                lr=size["lr"] * 0.1, warmup_steps=0, schedule="constant", seed=seed + 1,
                                eval_every=0, eval_windows=16 if quick else 64, log_every=5,
                                checkpoint_every=10 if quick else 20, weight_decay=0.1))
-    sft = dict(batch_size=16, seq_len=160, lr=size["lr"] * 0.1, warmup_steps=10)
+    # two micro-batches per step, as in pretraining: under torchrun each of 2 processes runs one (train/ddp.py)
+    sft = dict(batch_size=16, seq_len=160, lr=size["lr"] * 0.1, warmup_steps=10, grad_accum_steps=2)
     rl = dict(prompts_per_step=8, group_size=8, lr=size["lr"] * 0.02, lam=0.5, n_per_level=300, eval_n_per_level=2,
               eval_samples=2)
     # The task: chapter 09's additions of two 2-digit numbers, in both languages. Chapter 09's 3- and 4-digit
@@ -196,10 +209,10 @@ class Context:
 
 def _check_plan(out: Path, plan: dict) -> None:
     path = out / "plan.json"
-    if not path.is_file():
+    if not path.is_file() and ddp.is_main():
         out.mkdir(parents=True, exist_ok=True)
         st.write_json_atomic(path, plan)
-        return
+    ddp.barrier()  # every rank compares with the file rank 0 wrote or found, so all of them stop or none
     saved = json.loads(path.read_text())
     if json.loads(json.dumps(plan, default=float)) != saved:
         kind = "a --quick run" if saved.get("quick") else "a default run"
@@ -207,12 +220,28 @@ def _check_plan(out: Path, plan: dict) -> None:
                             f"made it, or choose another --out")
 
 
+def _check_processes(plan: dict) -> None:
+    """Under torchrun every process takes an equal share of each training step's micro-batches (train/ddp.py)."""
+    world = ddp.rank_world()[1]
+    post = plan["post_training"]
+    splits = {"pretrain": plan["pretrain"]["grad_accum_steps"],
+              "long_context": plan["long_context"]["train"]["grad_accum_steps"],
+              "cold_start_sft": post["cold_start"].get("grad_accum_steps", 1),
+              "rejection_sampling_sft": post["rejection_sampling"].get("grad_accum_steps", 1)}
+    for name, n in splits.items():
+        if n % world:
+            raise CapstoneError(f"--nproc-per-node {world}: the plan splits each {name} step into {n} micro-batches, "
+                                f"which {world} processes cannot share equally; run on a number of processes that "
+                                f"divides {n}")
+
+
 def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | None = None,
         from_: str | None = None, device: str = "cpu", threads: int | None = None, progress: bool = True,
         seed: int = 0, echo: Callable[[str], None] = print, plan: dict | None = None, fp8: bool = False) -> dict:
     """Run the pipeline into ``out``: every stage not yet done, up to ``until``; ``from_`` reruns that stage and
     all after it. Returns {stage: summary}. Raises CapstoneError (one line) for bad input. ``plan`` replaces
-    ``make_plan(quick, seed, fp8)`` (the tests run a reduced one)."""
+    ``make_plan(quick, seed, fp8)`` (the tests run a reduced one). Under torchrun (after
+    ``ddp.init_from_env()``) every rank calls this; rank 0 prints and writes."""
     names = stage_names()
     for flag, value in (("--until", until), ("--from", from_)):
         if value is not None and value not in names:
@@ -227,18 +256,25 @@ def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | Non
     if out.exists() and not out.is_dir():
         raise CapstoneError(f"--out {out} is a file, not a directory")
     plan = plan or make_plan(quick, seed, fp8)
+    _check_processes(plan)
+    main = ddp.is_main()
+    if not main:
+        echo = _silent
     _check_plan(out, plan)
-    ctx = Context(out, plan, device, progress)
+    ctx = Context(out, plan, device, progress and main)
     if from_ is not None:
         first = names.index(from_)
         missing = [n for n in names[:first] if ctx.summary(n) is None]
         if missing:
             raise CapstoneError(f"--from {from_} needs the stages before it finished; {', '.join(missing)} "
                                 f"{'is' if len(missing) == 1 else 'are'} not (run without --from first)")
-        for n in names[first:]:
-            shutil.rmtree(out / n, ignore_errors=True)
+        if main:
+            for n in names[first:]:
+                shutil.rmtree(out / n, ignore_errors=True)
+        ddp.barrier()
     last = names.index(until) if until is not None else len(names) - 1
-    echo(f"capstone → {out}: {' → '.join(names)}")
+    world = ddp.rank_world()[1]
+    echo(f"capstone → {out}: {' → '.join(names)}" + (f" ({world} processes)" if world > 1 else ""))
     done = {}
     for i, stage in enumerate(all_stages()[:last + 1]):
         summary = ctx.summary(stage.name)
@@ -246,7 +282,8 @@ def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | Non
             echo(f"[{i + 1}/{last + 1}] {stage.name}: done earlier ({summary['wall_s']:.0f} s)")
             done[stage.name] = summary
             continue
-        echo(f"[{i + 1}/{last + 1}] {stage.name}: {stage.about}")
+        echo(f"[{i + 1}/{last + 1}] {stage.name}: {stage.about}"
+             + ("" if world == 1 or stage.data_parallel else " (on rank 0; the other ranks wait)"))
         elapsed_path = ctx.stage_dir(stage.name) / "elapsed.json"
         elapsed = json.loads(elapsed_path.read_text()) if elapsed_path.is_file() else {}
         before, cpu_before = elapsed.get("seconds", 0.0), elapsed.get("cpu_seconds", 0.0)
@@ -254,24 +291,37 @@ def run(out: str | Path = "runs/capstone", quick: bool = False, until: str | Non
         if resumed:
             echo(f"    resuming {stage.name} from its checkpoint")
         t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            summary = stage.run(ctx)
-        except BaseException:
-            st.write_json_atomic(elapsed_path, {"seconds": before + time.perf_counter() - t0,
-                                              "cpu_seconds": cpu_before + time.process_time() - c0})
-            raise
-        # wall_s: this stage's time over every invocation that ended normally or by Ctrl-C (a SIGKILLed
-        # invocation cannot record its time; "resumed" still says the stage continued from a checkpoint)
-        # cpu_s: this process's CPU time in the stage — on shared cores a steadier guide to the cost than wall_s
-        summary = {"wall_s": before + time.perf_counter() - t0, "cpu_s": cpu_before + time.process_time() - c0,
-                   "resumed": resumed, **summary}
-        st.write_json_atomic(ctx.stage_dir(stage.name) / "summary.json", summary)
+        if main:
+            try:
+                if stage.data_parallel:
+                    summary = stage.run(ctx)
+                else:
+                    with ddp.alone():
+                        summary = stage.run(ctx)
+            except BaseException:
+                st.write_json_atomic(elapsed_path, {"seconds": before + time.perf_counter() - t0,
+                                                  "cpu_seconds": cpu_before + time.process_time() - c0})
+                raise
+            # wall_s: this stage's time over every invocation that ended normally or by Ctrl-C (a SIGKILLed
+            # invocation cannot record its time; "resumed" still says the stage continued from a checkpoint)
+            # cpu_s: this process's CPU time in the stage — on shared cores a steadier guide to the cost than wall_s
+            summary = {"wall_s": before + time.perf_counter() - t0, "cpu_s": cpu_before + time.process_time() - c0,
+                       "resumed": resumed, "processes": world if stage.data_parallel else 1, **summary}
+            st.write_json_atomic(ctx.stage_dir(stage.name) / "summary.json", summary)
+        elif stage.data_parallel:
+            stage.run(ctx)
+        ddp.barrier()  # the other ranks wait here while rank 0 runs a stage alone, then read its summary
+        summary = ctx.summary(stage.name)
         echo(f"    {stage.name} finished in {summary['wall_s']:.0f} s")
         done[stage.name] = summary
     walls = {n: s["wall_s"] for n, s in done.items()}
     echo("stage wall times: " + ", ".join(f"{n} {w:.0f} s" for n, w in walls.items())
          + f"; total {sum(walls.values()):.0f} s")
     return done
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 def describe_plan(plan: dict) -> str:

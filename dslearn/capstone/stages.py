@@ -33,7 +33,7 @@ from ..rl import recipe
 from ..rl.evaluate import evaluate as evaluate_reasoning
 from ..rl.world import LANGUAGES, base_corpus, mixed_problems
 from ..speculative import speculative_generate
-from ..train import TrainConfig, Trainer, load_model_from_checkpoint, read_metrics
+from ..train import TrainConfig, Trainer, ddp, load_model_from_checkpoint, read_metrics
 
 
 class CapstoneError(RuntimeError):
@@ -262,6 +262,7 @@ def heldout_problems(ctx) -> list:
 def _sft_cfg(ctx, s: dict) -> TrainConfig:
     return recipe.sft_config(steps=s["steps"], batch_size=s["batch_size"], seq_len=s["seq_len"], lr=s["lr"],
                              warmup_steps=s["warmup_steps"], checkpoint_every=s["checkpoint_every"],
+                             grad_accum_steps=s.get("grad_accum_steps", 1),
                              seed=ctx.plan["seed"], device=ctx.device, progress=ctx.progress,
                              bf16=str(ctx.device).startswith("cuda"))
 
@@ -318,15 +319,18 @@ def rejection_sampling_sft(ctx) -> dict:
     answers, and fine-tune *the long-context base* (not the RL model) on them mixed with plain-text pairs."""
     pt, rs = ctx.plan["post_training"], ctx.plan["post_training"]["rejection_sampling"]
     path = ctx.stage_dir("rejection_sampling_sft") / "pairs.json"
-    if path.is_file():  # sampled by an earlier invocation of this stage: the SFT resumes on the same data
-        saved = json.loads(path.read_text())
-        pairs, stats = [tuple(p) for p in saved["pairs"]], saved["stats"]
-    else:
+    # sampled once, by rank 0 under torchrun (or by an earlier invocation of this stage: the SFT resumes on the
+    # same data); every rank then reads the same pairs
+    if not path.is_file() and ddp.is_main():
         problems = mixed_problems(rs["n_per_level"], pt["levels"], LANGUAGES, "train", seed=ctx.plan["seed"] + 7)
-        pairs, stats = recipe.rejection_sample(_load(ctx, "reasoning_rl"), problems, rs["samples"],
-                                               seed=ctx.plan["seed"], keep_per_problem=rs["keep"],
-                                               max_new_tokens=pt["max_new_tokens"])
+        with ddp.alone():
+            pairs, stats = recipe.rejection_sample(_load(ctx, "reasoning_rl"), problems, rs["samples"],
+                                                   seed=ctx.plan["seed"], keep_per_problem=rs["keep"],
+                                                   max_new_tokens=pt["max_new_tokens"])
         write_json_atomic(path, {"pairs": pairs, "stats": stats})
+    ddp.barrier()
+    saved = json.loads(path.read_text())
+    pairs, stats = [tuple(p) for p in saved["pairs"]], saved["stats"]
     if not pairs and not rs["allow_empty"]:
         raise CapstoneError(f"rejection sampling kept none of {stats['sampled']} samples (the RL checkpoint solved "
                             "nothing verifiable); train longer (a larger budget or more RL steps) and rerun with "

@@ -22,9 +22,14 @@ What else must agree across ranks:
 - Checkpoints: rank 0 writes them (and the metrics log); every rank reads the same one to resume, so a
   run checkpointed on N processes resumes on one, and the other way round.
 
+A pipeline whose stages are not all data-parallel (the capstone: GRPO, evaluation and export run on rank 0
+while the other ranks wait) runs those stages inside ``alone()``: there this process sees a world of one, so
+the training loop neither all-reduces nor waits at barriers.
+
     code                       what it does
     init_from_env()            join torchrun's process group (gloo on CPU, NCCL on CUDA); False alone
-    rank_world()               (rank, world size); (0, 1) without a process group
+    rank_world()               (rank, world size); (0, 1) without a process group, or inside alone()
+    alone()                    a block this rank runs by itself, as one process would
     my_micro_batches(n)        the micro-batch indices this rank runs: r, r+W, …
     all_reduce_grads(params)   sum the gradients over ranks (one flat buffer)
     sync_buffers(model)        sum each MoE layer's step_load over ranks
@@ -32,30 +37,50 @@ What else must agree across ranks:
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
 
 
+_ALONE = False  # inside alone(): this rank runs by itself
+
+
 def rank_world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) when no process group is running."""
-    if dist.is_available() and dist.is_initialized():
+    """(rank, world size) of this process; (0, 1) when no process group is running or inside ``alone()``."""
+    if not _ALONE and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@contextlib.contextmanager
+def alone():
+    """Run a block on this rank only, as a single process would (no all-reduce, no barrier): the other ranks must
+    not enter collective calls meanwhile — they wait for the block's end at a ``barrier()`` after it."""
+    global _ALONE
+    before, _ALONE = _ALONE, True
+    try:
+        yield
+    finally:
+        _ALONE = before
 
 
 def is_main() -> bool:
     return rank_world()[0] == 0
 
 
-def init_from_env(device: str = "cpu") -> bool:
-    """Join the process group torchrun set up (``WORLD_SIZE`` > 1 in the environment); False when alone."""
+def init_from_env(device: str = "cpu", timeout_minutes: float | None = None) -> bool:
+    """Join the process group torchrun set up (``WORLD_SIZE`` > 1 in the environment); False when alone.
+    ``timeout_minutes``: how long a collective (a barrier) may wait for the other ranks (torch's default: 30
+    for gloo, 10 for NCCL) — a pipeline whose ranks wait while rank 0 runs a stage alone needs longer."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
         backend = "nccl" if str(device).startswith("cuda") else "gloo"
-        dist.init_process_group(backend)
+        kw = {} if timeout_minutes is None else {"timeout": datetime.timedelta(minutes=timeout_minutes)}
+        dist.init_process_group(backend, **kw)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return True

@@ -32,7 +32,9 @@ A key missing from some micro-batches is averaged over those that report it.
 **Data parallel** (``ddp.py``): under ``torchrun`` each rank runs its share of an update's micro-batches (the
 step function asks ``ddp.my_micro_batches``); after the last one ``update`` sums the gradients and the loss shares
 over the ranks, averages the metrics, and sums the MoE layers' ``step_load`` before the hooks — so N processes
-follow the one-process trajectory. Rank 0 alone writes the metrics log and checkpoints.
+follow the one-process trajectory. Rank 0 alone writes the metrics log and checkpoints. Decisions every
+rank must share — a checkpoint due by the clock, a stop on Ctrl-C or SIGTERM that reached some ranks or
+reached them at different moments — go through one all-reduce per step, so the ranks save and stop together.
 
 **MFU** (``mfu.py``): with ``flops_per_token`` and ``peak_flops`` set (``Trainer`` sets both unless
 ``log_mfu=False``), every logged record with a throughput also holds ``mfu``.
@@ -349,15 +351,19 @@ class TrainingLoop:
             record({"kind": eval_kind, **evaluate()})
         self.model.train()
         since_log_s, since_log_tokens = 0.0, 0
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc=cfg.desc, unit="step")
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress or not ddp.is_main(),  # one bar
+                   desc=cfg.desc, unit="step")
         postfix = {}
         stop = _StopRequest()
         self._saved_at = getattr(self, "_saved_at", (self.step, time.monotonic()))
+        parallel = ddp.rank_world()[1] > 1
+        stopping = None  # data parallel: the stop every rank agreed on at the end of the last step
         try:
             stop.install()
             while self.step < cfg.steps:
-                if stop.requested:
-                    raise self._interrupted(stop.requested)
+                why = stopping if parallel else stop.requested
+                if why:
+                    raise self._interrupted(why)
                 t0 = time.perf_counter()
                 metrics, plan = self.run_step(step_fn)
                 dt = time.perf_counter() - t0
@@ -386,8 +392,12 @@ class TrainingLoop:
                 bar.set_postfix(postfix, refresh=False)
                 due = (cfg.checkpoint_minutes is not None
                        and time.monotonic() - self._saved_at[1] >= 60 * cfg.checkpoint_minutes)
-                if ddp.rank_world()[1] > 1:  # every rank must take the same decision: save() ends in a barrier
-                    due = ddp.all_reduce_sum([float(due)])[0] > 0
+                if parallel:  # every rank must take the same decisions: save() ends in a barrier. A signal may
+                    # reach one rank only, or the ranks at different moments: they stop together after this step
+                    n_due, n_stop = ddp.all_reduce_sum([float(due), float(stop.requested is not None)])
+                    due = n_due > 0
+                    if n_stop > 0:
+                        stopping = stop.requested or "interrupted (a signal reached another process)"
                 if self.run_dir and (last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or due):
                     self.save()
         finally:
