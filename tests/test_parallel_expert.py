@@ -136,6 +136,42 @@ def test_four_ranks_pipeline_times_expert_parallel_equal_one_process():
     assert late["makespan"] >= 24 * 0.05 / 2
 
 
+def test_the_capstones_model_with_mtp_through_pipeline_times_expert_parallel_equals_one_process():
+    """The model `dslearn capstone` trains (mini-v3: MLA, sigmoid-gated node-limited DeepSeekMoE with the bias, the
+    sequence-wise loss, MTP D = 1 with λ) takes one step on PP = 2 × EP = 2 processes as in one: MTP runs on the
+    last stage with the first stage's embedding, which DualPipe(V) keep on the same rank (V3 §3.2); PP = 1 × EP = 4
+    holds every stage on each rank. The MTP block's routed experts dispatch over the EP group too."""
+    from dslearn.capstone import make_plan
+    from dslearn.config import ModelConfig
+
+    cfg = ModelConfig.from_dict(make_plan()["model"])
+    assert cfg.num_nextn_predict_layers == 1 and cfg.topk_group < cfg.n_group
+    ids, tg = token_batch(16, seq_len=32, vocab=cfg.vocab_size)
+    ref = reference_step(cfg.to_dict(), 0, ids, tg)
+    mtp_moe = {n for n in ref["expert_load"] if n.startswith("mtp.")}
+    assert mtp_moe and ref["aux_loss"] > 0.1  # λ·L_MTP: far above the balance losses alone
+    specs = [("dualpipev", 2, 4, True), ("dualpipe", 2, 4, False), ("1f1b", 4, 4, False)]
+    outs = run_pipelines(_jobs(specs, cfg, ids, tg), 4, timeout=150)
+    for (name, ep, m, overlap), out in zip(specs, outs):
+        label = f"{name} EP={ep} overlap={overlap}"
+        assert_same_step(out, ref, label)
+        assert out["aux_loss"] == pytest.approx(ref["aux_loss"], abs=1e-6), label
+        assert set(out["expert_load"]) == set(ref["expert_load"]), label
+        for n, load in ref["expert_load"].items():
+            assert torch.equal(out["expert_load"][n], load), f"{label} {n}"
+
+
+def test_mtp_under_a_schedule_that_splits_embedding_and_head_is_refused():
+    from dslearn.capstone import make_plan
+    from dslearn.config import ModelConfig
+
+    cfg = ModelConfig.from_dict(make_plan()["model"])
+    ids, tg = token_batch(16, seq_len=32, vocab=cfg.vocab_size)
+    with pytest.raises(WorkerError, match=r"under 1f1b: multi-token prediction runs on the last stage .* pipeline "
+                                          r"rank 1 holds the last stage without the first; use dualpipe or dualpipev"):
+        run_pipeline("1f1b", 4, cfg, ids, tg, 4, expert_parallel=2)
+
+
 def test_bad_layouts_are_refused():
     cfg, (ids, tg) = pipeline_moe_config(), token_batch(16)
     with pytest.raises(WorkerError, match=r"expert_parallel=3 must be a positive divisor of the 2 ranks"):

@@ -125,16 +125,17 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
     combine from the EP group with ``a2a_latency`` injected per all-to-all. ``overlap``: run the two halves
     of each F&B pair in two threads, so that one's communication waits while the other computes."""
     torch.manual_seed(seed)
-    if config.get("num_nextn_predict_layers"):
-        raise ValueError("num_nextn_predict_layers > 0: multi-token prediction is not placed in the pipeline yet "
-                         "(its depths would run on the last stage, after the head, with the embedding shared from "
-                         "the first stage); train MTP models in one process")
     EP = expert_parallel
     if not isinstance(EP, int) or EP < 1 or world_size % EP:
         raise ValueError(f"expert_parallel={EP!r} must be a positive divisor of the {world_size} ranks "
                          "(pipeline ranks × expert-parallel ranks)")
     sched = build_schedule(schedule_name, world_size // EP, num_microbatches)
     S, M = sched.num_stages, num_microbatches
+    apart = [q for q in range(sched.num_ranks) if S - 1 in sched.stages_on(q) and 0 not in sched.stages_on(q)]
+    if config.get("num_nextn_predict_layers") and apart:
+        raise ValueError(f"num_nextn_predict_layers > 0 under {schedule_name}: multi-token prediction runs on the last "
+                         f"stage with the first stage's embedding, but pipeline rank {apart[0]} holds the last stage "
+                         "without the first; use dualpipe or dualpipev, which put both on one rank (V3 §3.2)")
     if input_ids.shape[0] % (EP * M) or input_ids.shape != targets.shape:
         raise ValueError(f"a batch of {tuple(input_ids.shape)} ids and {tuple(targets.shape)} targets cannot be cut "
                          f"into {EP} expert-parallel slices of {M} equal micro-batches")
@@ -172,8 +173,8 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
         if c.kind == "F":
             x = ids_mb[m] if s == 0 else box.fetch("act", s - 1, m, waited).detach().requires_grad_(True)
             if stages[s].is_last:
-                y = stages[s](x, tgt_mb[m])
-                losses[e * M + m] = y.item()
+                y = stages[s](x, tgt_mb[m], ids_mb[m])  # the ids: what MTP embeds (the tokens ahead)
+                losses[e * M + m] = stages[s].ce_loss
                 y = y / (M * EP)  # the batch loss is the mean over all micro-batches of all replicas
             else:
                 y = stages[s](x)
@@ -261,8 +262,9 @@ def pipeline_worker(rank: int, world_size: int, schedule_name: str, config: dict
         dist.all_reduce(flat, group=comm.forward_group)
         unflatten(flat, dense, grads)
     shards = {n: (first_of[id(names[n])], grads.pop(n)) for n in list(grads) if id(names[n]) in first_of}
-    load = {f"model.layers.{mod.layer_idx}.mlp": mod.step_load.clone() for s in mine for mod in stages[s].modules()
-            if isinstance(mod, DeepSeekMoE)}  # this rank's tokens only
+    module_names = {id(mod): n for n, mod in model.named_modules()}
+    load = {module_names[id(mod)]: mod.step_load.clone() for s in mine for mod in stages[s].modules()
+            if isinstance(mod, DeepSeekMoE)}  # this rank's tokens only (MTP's blocks included)
     return {"rank": rank, "losses": losses, "aux_loss": aux[0], "grads": grads if e == 0 else {},
             "expert_shards": shards, "expert_load": load, "timeline": timeline, "stages": mine,
             "makespan": makespan, "all_to_alls": comm.calls}

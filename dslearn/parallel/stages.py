@@ -9,6 +9,11 @@ The one thing a stage adds is how auxiliary losses reach the gradients: the loss
 stage, but an MoE layer's balance loss arises on whichever stage holds the layer. ``AddAuxLoss`` (the device
 DeepSeek's modeling code uses) makes y = x whose backward also gives the aux loss the gradient 1, so the loss
 joins the backward pass where it arises, scaled like the training loss (``aux_scale``).
+
+Multi-token prediction (V3 §2.2) runs on the last stage, after the head: its depths read the last layer's states,
+the embeddings of the tokens ahead and the shared output head. The embedding belongs to the first stage, so the
+last stage needs it on the same rank — V3 §3.2's placement, which DualPipe gives (rank 0 holds the first and the
+last stage); the runtime refuses MTP under a schedule that puts them on different ranks.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from torch import nn
 
 from ..layers import cross_entropy
 from ..model import CausalLM
+from ..model.mtp import MultiTokenPrediction
 
 
 class AddAuxLoss(torch.autograd.Function):
@@ -46,12 +52,17 @@ class PipelineStage(nn.Module):
         self.layers = nn.ModuleList(model.model.layers[i] for i in layers)
         self.norm = model.model.norm if self.is_last else None
         self.lm_head = model.lm_head if self.is_last else None
+        # MTP on the last stage; the embedding it shares is the first stage's (same rank: see the module's doc)
+        self.mtp = model.mtp if self.is_last else None
         self.aux_scale = 1.0  # the runtime sets 1/(micro-batches · replicas), the loss's own scale
-        self.aux_added = 0.0  # the scaled balance losses the last forward attached
+        self.aux_added = 0.0  # the scaled auxiliary losses (balance, MTP) the last forward added
+        self.ce_loss = None  # the last stage's cross-entropy of the last forward (its loss minus MTP's part)
 
-    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None,
+                input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """x: token ids (B, T) at the first stage, else hidden states (B, T, d). The last stage returns
-        the mean cross-entropy when given targets, else logits."""
+        the mean cross-entropy when given targets, else logits; with MTP it adds (λ/D)·Σ L_MTP^k and the MTP
+        blocks' balance losses, for which it needs the micro-batch's ``input_ids``."""
         model = self.model[0]
         if self.is_first:
             x = self.embed_tokens(x)  # (B, T, d)
@@ -67,7 +78,20 @@ class PipelineStage(nn.Module):
         if not self.is_last:
             return x
         logits = model.head(x)  # (B, T, V)
-        return logits if targets is None else cross_entropy(logits, targets)
+        if targets is None:
+            return logits
+        loss = cross_entropy(logits, targets)
+        self.ce_loss = loss.item()
+        if self.mtp is not None and self.training:
+            if input_ids is None:
+                raise ValueError("the last stage of a model with MTP needs the micro-batch's input_ids")
+            self.mtp.forward_losses(x, input_ids, targets, model.model.embed_tokens, model.lm_head, model.prepare)
+            mtp, _ = MultiTokenPrediction.collect_auxiliary([self.mtp])
+            balance = [a for d in self.mtp if (a := getattr(d.block.mlp, "aux_loss", None)) is not None]
+            aux = mtp + sum(balance) if balance else mtp
+            loss = loss + aux  # the runtime scales the returned loss as it scales aux_scale: 1/(micro-batches · replicas)
+            self.aux_added += aux.item() * self.aux_scale
+        return loss
 
 
 def split_model(model: CausalLM, num_stages: int) -> list[PipelineStage]:
