@@ -344,7 +344,6 @@ def cmd_tour(args) -> int:
 
 def cmd_capstone(args) -> int:
     from .capstone import CapstoneError, describe_plan, make_plan, run
-
     from .train import ddp
 
     out = args.out or ("runs/capstone-quick" if args.quick else "runs/capstone")

@@ -92,8 +92,8 @@ def test_a_run_continues_in_the_other_mode(single, tmp_path, first, then):
 
 def test_a_process_count_the_plan_cannot_split_is_one_line(tmp_path):
     """--quick splits every training step into 2 micro-batches: 3 processes cannot share them equally."""
-    r = subprocess.run(_launch(3, "-m", "dslearn", "capstone", "--quick", "--no-progress", "--out", str(tmp_path / "r")),
-                       env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    cmd = _launch(3, "-m", "dslearn", "capstone", "--quick", "--no-progress", "--out", str(tmp_path / "r"))
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode != 0
     lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert len(lines) == 1, r.stderr[-2000:]  # said once, by rank 0

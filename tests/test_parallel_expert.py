@@ -152,7 +152,7 @@ def test_the_capstones_model_with_mtp_through_pipeline_times_expert_parallel_equ
     assert mtp_moe and ref["aux_loss"] > 0.1  # λ·L_MTP: far above the balance losses alone
     specs = [("dualpipev", 2, 4, True), ("dualpipe", 2, 4, False), ("1f1b", 4, 4, False)]
     outs = run_pipelines(_jobs(specs, cfg, ids, tg), 4, timeout=150)
-    for (name, ep, m, overlap), out in zip(specs, outs):
+    for (name, ep, _, overlap), out in zip(specs, outs):
         label = f"{name} EP={ep} overlap={overlap}"
         assert_same_step(out, ref, label)
         assert out["aux_loss"] == pytest.approx(ref["aux_loss"], abs=1e-6), label

@@ -89,7 +89,7 @@ class PipelineStage(nn.Module):
             mtp, _ = MultiTokenPrediction.collect_auxiliary([self.mtp])
             balance = [a for d in self.mtp if (a := getattr(d.block.mlp, "aux_loss", None)) is not None]
             aux = mtp + sum(balance) if balance else mtp
-            loss = loss + aux  # the runtime scales the returned loss as it scales aux_scale: 1/(micro-batches · replicas)
+            loss = loss + aux  # the runtime scales the returned loss like aux_scale: 1/(micro-batches · replicas)
             self.aux_added += aux.item() * self.aux_scale
         return loss
 

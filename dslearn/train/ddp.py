@@ -44,7 +44,6 @@ import os
 import torch
 import torch.distributed as dist
 
-
 _ALONE = False  # inside alone(): this rank runs by itself
 
 
