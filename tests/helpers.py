@@ -10,9 +10,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dslearn.config import ModelConfig
 from dslearn.model import CausalLM
@@ -136,3 +139,29 @@ def require_isolated_sandbox() -> None:
         if os.environ.get("DSLEARN_REQUIRE_BWRAP"):
             pytest.fail("DSLEARN_REQUIRE_BWRAP is set but the isolated (bubblewrap) sandbox does not work here")
         pytest.skip("needs bubblewrap (apt-get install bubblewrap); CI sets DSLEARN_REQUIRE_BWRAP=1 to fail instead")
+
+
+# --- child processes: one, or several under torchrun ---------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def child_env(**extra: str) -> dict:
+    """The environment of a test's child process: the repository and tests/ importable, one torch thread, and none of
+    torchrun's variables (a test running under torchrun itself must not hand its rank to the child)."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1", **extra}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def launch_cmd(procs: int, *args: str) -> list[str]:
+    """``python ARGS`` for one process, ``torchrun --standalone --nproc-per-node=PROCS ARGS`` for several."""
+    if procs == 1:
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *args]
+
+
+def latest_weights(run_dir) -> dict[str, torch.Tensor]:
+    """The weights of the checkpoint a run directory's ``checkpoints/LATEST`` names."""
+    ckpts = Path(run_dir) / "checkpoints"
+    return load_file(str(ckpts / (ckpts / "LATEST").read_text().strip() / "model.safetensors"))

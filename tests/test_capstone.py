@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
 from capstone_helpers import REPO, tiny_plan
-from safetensors.torch import load_file
+from helpers import child_env, latest_weights, launch_cmd
 
 from dslearn.capstone import CapstoneError, family, run, size_for_budget, stage_names
 from dslearn.capstone.sizing import accounting, fitted_laws
@@ -117,19 +115,13 @@ TRAINING = ["pretrain", "long_context", "cold_start_sft", "reasoning_rl", "rejec
 
 
 def _child(out, *kill, until="final_rl"):
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "tests" / "capstone_helpers.py"), str(out), until,
-                           *map(str, kill)], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(launch_cmd(1, str(REPO / "tests" / "capstone_helpers.py"), str(out), until, *map(str, kill)),
+                          env=child_env(), capture_output=True, text=True, timeout=600)
 
 
 def _metrics(path):
     rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "mfu"} for r in rows]
-
-
-def _weights(stage_dir):
-    latest = (stage_dir / "checkpoints" / "LATEST").read_text().strip()
-    return load_file(str(stage_dir / "checkpoints" / latest / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +144,7 @@ def test_sigkill_mid_stage_then_the_same_command_resumes_exactly(uninterrupted, 
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     for name in TRAINING:
         assert _metrics(cut / name) == _metrics(ref / name), name
-        a, b = _weights(ref / name), _weights(cut / name)
+        a, b = latest_weights(ref / name), latest_weights(cut / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert json.loads((cut / stage / "summary.json").read_text())["resumed"]
 
@@ -193,11 +185,11 @@ def test_until_stops_and_from_reruns_the_same_numbers(whole_run, tmp_path):
     out, done = whole_run
     again = run(out, progress=False, plan=tiny_plan(), echo=lambda s: None, until="pretrain")  # all done: skipped
     assert again["pretrain"] == done["pretrain"]
-    before = _weights(out / "long_context")
+    before = latest_weights(out / "long_context")
     redone = run(out, progress=False, plan=tiny_plan(), echo=lambda s: None, from_="long_context",
                  until="long_context")
     assert not (out / "evaluate").exists()  # --from cleared the later stages; --until stopped before them
-    after = _weights(out / "long_context")
+    after = latest_weights(out / "long_context")
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert redone["long_context"]["long_bpb_after"] == done["long_context"]["long_bpb_after"]
     fresh = tmp_path / "fresh"

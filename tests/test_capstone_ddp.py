@@ -7,14 +7,12 @@ plan's micro-batches cannot be shared by is refused in one line."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
 from capstone_helpers import REPO
-from safetensors.torch import load_file
+from helpers import child_env, latest_weights, launch_cmd
 
 HELPER = str(REPO / "tests" / "capstone_helpers.py")
 UNTIL = "rejection_sampling_sft"  # every kind of stage: data-parallel Trainer stages, GRPO alone, sampling alone
@@ -22,21 +20,8 @@ STAGES = ["pretrain", "long_context", "cold_start_sft", "reasoning_rl", "rejecti
 PARALLEL = {"pretrain", "long_context", "cold_start_sft", "rejection_sampling_sft"}
 
 
-def _env():
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
-
-
-def _launch(procs: int, *args: str) -> list[str]:
-    if procs == 1:
-        return [sys.executable, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *args]
-
-
 def _run(out, until: str = UNTIL, procs: int = 1) -> None:
-    r = subprocess.run(_launch(procs, HELPER, str(out), until), env=_env(), capture_output=True, text=True,
+    r = subprocess.run(launch_cmd(procs, HELPER, str(out), until), env=child_env(), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
 
@@ -46,11 +31,6 @@ def _train_rows(out, stage: str) -> list[tuple]:
     return [(r["step"], r["loss"], r.get("grad_norm")) for r in rows if r["kind"] == "train"]
 
 
-def _weights(out, stage: str) -> dict:
-    latest = (out / stage / "checkpoints" / "LATEST").read_text().strip()
-    return load_file(str(out / stage / "checkpoints" / latest / "model.safetensors"))
-
-
 def _same_run(a, b) -> None:
     for stage in STAGES:
         ra, rb = _train_rows(a, stage), _train_rows(b, stage)
@@ -58,7 +38,7 @@ def _same_run(a, b) -> None:
         for (step, la, ga), (_, lb, gb) in zip(ra, rb):
             assert la == pytest.approx(lb, rel=1e-5, abs=1e-7), (stage, step)
             assert ga == pytest.approx(gb, rel=1e-4, abs=1e-7), (stage, step)
-        wa, wb = _weights(a, stage), _weights(b, stage)
+        wa, wb = latest_weights(a / stage), latest_weights(b / stage)
         assert wa.keys() == wb.keys()
         for k in wa:
             torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=f"{stage}: {k}")
@@ -92,8 +72,8 @@ def test_a_run_continues_in_the_other_mode(single, tmp_path, first, then):
 
 def test_a_process_count_the_plan_cannot_split_is_one_line(tmp_path):
     """--quick splits every training step into 2 micro-batches: 3 processes cannot share them equally."""
-    cmd = _launch(3, "-m", "dslearn", "capstone", "--quick", "--no-progress", "--out", str(tmp_path / "r"))
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    cmd = launch_cmd(3, "-m", "dslearn", "capstone", "--quick", "--no-progress", "--out", str(tmp_path / "r"))
+    r = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode != 0
     lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert len(lines) == 1, r.stderr[-2000:]  # said once, by rank 0

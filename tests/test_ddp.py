@@ -6,26 +6,18 @@ be summed over the ranks (with per-rank loads the biases, and then the routing, 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 from capstone_helpers import REPO
-from safetensors.torch import load_file
+from helpers import child_env, latest_weights, launch_cmd
 
 SCRIPT = str(REPO / "tests" / "ddp_helpers.py")
 
 
 def _run(run_dir, *args, procs: int = 1, env_extra: dict | None = None, ok: bool = True):
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1",
-           **(env_extra or {})}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
-                if procs > 1 else [sys.executable])
-    r = subprocess.run([*launcher, SCRIPT, str(run_dir), *map(str, args)], env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(launch_cmd(procs, SCRIPT, str(run_dir), *map(str, args)), env=child_env(**(env_extra or {})),
+                       capture_output=True, text=True, timeout=600)
     if ok:
         assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -34,11 +26,6 @@ def _run(run_dir, *args, procs: int = 1, env_extra: dict | None = None, ok: bool
 def _losses(run_dir):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"], r["moe/maxvio"], r["batch_size"]) for r in rows if r["kind"] == "train"]
-
-
-def _weights(run_dir):
-    latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
-    return load_file(str(run_dir / "checkpoints" / latest / "model.safetensors"))
 
 
 def _close(a, b, rel=1e-4):
@@ -67,7 +54,7 @@ def test_two_processes_follow_the_single_process_trajectory(single, tmp_path):
     one, two = _losses(single), _losses(tmp_path)
     assert len(one) == 5 and one[0][1] == pytest.approx(two[0][1], rel=1e-6)  # the same first forward
     _close(one, two)
-    _weights_close(_weights(single), _weights(tmp_path))
+    _weights_close(latest_weights(single), latest_weights(tmp_path))
 
 
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
@@ -76,7 +63,7 @@ def test_a_checkpoint_resumes_in_either_mode(single, tmp_path, first, then):
     assert (tmp_path / "checkpoints" / "LATEST").read_text().strip() == "step_000002"
     _run(tmp_path, procs=then)
     _close(_losses(single), _losses(tmp_path))
-    _weights_close(_weights(single), _weights(tmp_path))
+    _weights_close(latest_weights(single), latest_weights(tmp_path))
 
 
 @pytest.mark.parametrize("rank", [0, 1])
@@ -91,4 +78,4 @@ def test_a_signal_that_reaches_one_rank_stops_both_after_the_same_step(single, t
     assert (tmp_path / "checkpoints" / "LATEST").read_text().strip() == "step_000002"
     _run(tmp_path, procs=2)
     _close(_losses(single), _losses(tmp_path))
-    _weights_close(_weights(single), _weights(tmp_path))
+    _weights_close(latest_weights(single), latest_weights(tmp_path))
