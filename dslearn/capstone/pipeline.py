@@ -226,8 +226,8 @@ def _check_processes(plan: dict) -> None:
     post = plan["post_training"]
     splits = {"pretrain": plan["pretrain"]["grad_accum_steps"],
               "long_context": plan["long_context"]["train"]["grad_accum_steps"],
-              "cold_start_sft": post["cold_start"].get("grad_accum_steps", 1),
-              "rejection_sampling_sft": post["rejection_sampling"].get("grad_accum_steps", 1)}
+              "cold_start_sft": post["cold_start"]["grad_accum_steps"],
+              "rejection_sampling_sft": post["rejection_sampling"]["grad_accum_steps"]}
     for name, n in splits.items():
         if n % world:
             raise CapstoneError(f"--nproc-per-node {world}: the plan splits each {name} step into {n} micro-batches, "

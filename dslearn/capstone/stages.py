@@ -262,7 +262,7 @@ def heldout_problems(ctx) -> list:
 def _sft_cfg(ctx, s: dict) -> TrainConfig:
     return recipe.sft_config(steps=s["steps"], batch_size=s["batch_size"], seq_len=s["seq_len"], lr=s["lr"],
                              warmup_steps=s["warmup_steps"], checkpoint_every=s["checkpoint_every"],
-                             grad_accum_steps=s.get("grad_accum_steps", 1),
+                             grad_accum_steps=s["grad_accum_steps"],
                              seed=ctx.plan["seed"], device=ctx.device, progress=ctx.progress,
                              bf16=str(ctx.device).startswith("cuda"))
 

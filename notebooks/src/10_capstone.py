@@ -157,8 +157,9 @@ print(f"export: {ex['architecture']} from transformers, max |logit diff| {ex['ma
 # The same command runs on several processes: `torchrun --nproc-per-node 2 -m dslearn capstone`. The stages that
 # train with `Trainer` (pretrain, long_context, both SFT stages) give each process one of a step's two micro-batches
 # and sum the gradients; GRPO, evaluation and export run on rank 0 while the other rank waits. A sum of two numbers
-# does not depend on their order, so the default run on two processes ended with the one-process run's weights bit
-# for bit (`experiments/capstone/two_processes.txt`), with pretraining 1.2–1.3× faster on this 2-core machine.
+# does not depend on their order, so the default run on two processes should end with the one-process run's
+# weights bit for bit. The last output of section 5 shows the comparison of the two shipped runs
+# (`experiments/capstone/compare_runs.py`): weights, losses, the evaluation table and each stage's wall time.
 #
 # ## 5. The shipped default run
 #
@@ -195,6 +196,8 @@ if (SHIPPED / "report.md").is_file():
         display(Image(filename=str(SHIPPED / "report" / name)))
     print("why 2-digit additions (experiments/capstone/task_size.txt):")
     print(open(experiments_dir("capstone", "task_size.txt")).read())
+    print("the same run on 2 processes (experiments/capstone/two_processes.txt):")
+    print(open(experiments_dir("capstone", "two_processes.txt")).read())
 else:
     print("no shipped run yet: `dslearn capstone` then `python experiments/capstone/ship.py runs/capstone`")
 
